@@ -1,0 +1,69 @@
+"""Command line: argument parsing only. Each command builds a recipe and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compress.recipe import RecipeError, load_recipe
+
+EXIT_BAD_INPUT = 2
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/fashion_mnist_single.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe field, e.g. --set distill.temperature=6 (repeatable)")
+
+
+def _cmd_teacher(args) -> int:
+    from compress.data import load_dataset
+    from compress.teacher import train_teacher
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    info = train_teacher(recipe, load_dataset(recipe.data))
+    print(f"teacher: val {info['val_accuracy']:.4f} test {info['test_accuracy']:.4f} "
+          f"params {info['params']:,} p95 {info['latency']['p95_ms']:.3f} ms -> {recipe.teacher.checkpoint}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from compress.pipeline import run
+    from compress.report import print_summary
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    summary = run(recipe)
+    print_summary(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compress", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("teacher", help="train the recipe's teacher; writes checkpoint, ONNX and teacher.json")
+    _recipe_args(p)
+    p.set_defaults(func=_cmd_teacher)
+    p = sub.add_parser("run", help="one compression run: distill, prune, quantize, export, measure")
+    _recipe_args(p)
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from compress.data import DatasetError
+    from compress.export import ParityError
+    from compress.teacher import TeacherError
+
+    try:
+        return args.func(args)
+    except (RecipeError, DatasetError, TeacherError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ParityError as err:
+        print(f"error: parity check failed, nothing was written to results/: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was left in results/ (outputs are written at the end, atomically)",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,68 @@
+"""ONNX export (opset >= 17, dynamic batch axis, checked) and parity against PyTorch."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compress.data import INPUT_SHAPE, Split
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class ParityError(RuntimeError):
+    """The exported model does not compute what the PyTorch model computes."""
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
+    """Export ``model`` (eval mode, batch axis dynamic) and run ``onnx.checker`` on the file."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    dummy = torch.zeros(1, *INPUT_SHAPE)
+    with warnings.catch_warnings():
+        # dynamo=False: the TorchScript exporter folds BatchNorm into Conv and needs no onnxscript graph
+        # rewrites for these plain CNNs; it is deprecated upstream, so this is the one place to change.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (dummy,), str(path), opset_version=opset, dynamo=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    from compress.latency import make_session
+
+    sess = make_session(path, threads=0)  # 0: all cores; parity is not a timing
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: inputs[i : i + batch_size]})[0]
+                           for i in range(0, len(inputs), batch_size)])
+
+
+def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool,
+                 max_abs_diff: float = 1e-3, min_agreement: float = 0.99) -> dict:
+    """Compare ONNX and PyTorch on ``split``; raise ParityError naming the numbers when it fails."""
+    x = split.inputs()
+    with torch.no_grad():
+        ref = torch.cat([model.eval()(x[i : i + 500]) for i in range(0, len(x), 500)]).numpy()
+    got = onnx_logits(path, x.numpy())
+    diff = float(np.abs(ref - got).max())
+    agree = float((ref.argmax(1) == got.argmax(1)).mean())
+    result = {"max_abs_logit_diff": diff, "top1_agreement": agree, "n": int(len(x)), "int8": int8}
+    if int8 and agree < min_agreement:
+        raise ParityError(f"{path}: int8 top-1 agreement with PyTorch is {agree:.4f} on {len(x)} validation "
+                          f"images, below the required {min_agreement} (max abs logit diff {diff:.4f}). "
+                          "Try quantize.calibration=percentile or entropy, a larger calibration_size, or fp32.")
+    if not int8 and diff > max_abs_diff:
+        raise ParityError(f"{path}: fp32 max abs logit difference vs PyTorch is {diff:.2e}, above the allowed "
+                          f"{max_abs_diff:.0e} (top-1 agreement {agree:.4f}).")
+    return result

@@ -1,0 +1,115 @@
+"""The latency measurement protocol, used by every part of the product that reports speed.
+
+ONNX Runtime with a fixed intra-op thread count and a sequential graph (inter-op 1), warm-up runs, then
+timed runs until the 95% confidence interval of p50 is within 2% of it (or the run/time cap is hit).
+Models that are compared are timed *interleaved* in one process, so drift of a shared machine hits
+both alike and cancels in their ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.recipe import LatencyConfig
+
+ROUND = 10  # timed runs per model per interleaving round
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    batch_size: int
+    threads: int
+    n_runs: int
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    p50_ci95_ms: tuple[float, float]
+    throughput_sps: float  # samples per second at this batch size, from the mean
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stats_from_samples(samples_ms, batch_size: int, threads: int) -> LatencyStats:
+    """Percentiles, spread and a distribution-free 95% CI of the median (binomial order statistics)."""
+    s = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    n = len(s)
+    if n == 0:
+        raise ValueError("no timing samples")
+    half = 1.96 * math.sqrt(n) / 2
+    lo = s[max(0, int(math.floor(n / 2 - half)))]
+    hi = s[min(n - 1, int(math.ceil(n / 2 + half)))]
+    mean = float(s.mean())
+    return LatencyStats(
+        batch_size=batch_size, threads=threads, n_runs=n,
+        p50_ms=float(np.percentile(s, 50)), p90_ms=float(np.percentile(s, 90)),
+        p95_ms=float(np.percentile(s, 95)), p99_ms=float(np.percentile(s, 99)),
+        mean_ms=mean, std_ms=float(s.std(ddof=1)) if n > 1 else 0.0,
+        p50_ci95_ms=(float(lo), float(hi)), throughput_sps=batch_size * 1000.0 / mean,
+    )
+
+
+def ci_relative_halfwidth(stats: LatencyStats) -> float:
+    lo, hi = stats.p50_ci95_ms
+    return (hi - lo) / 2 / stats.p50_ms if stats.p50_ms > 0 else math.inf
+
+
+def make_session(path: str | Path, threads: int, device: str = "cpu"):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def _input_for(sess, batch_size: int) -> dict[str, np.ndarray]:
+    inp = sess.get_inputs()[0]
+    shape = [batch_size] + [int(d) for d in inp.shape[1:]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return {inp.name: x}
+
+
+def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int = 1, threads: int = 1,
+            device: str = "cpu") -> dict[str, LatencyStats]:
+    """Time several ONNX models interleaved in this process; one LatencyStats per name."""
+    sessions = {k: make_session(p, threads, device) for k, p in models.items()}
+    feeds = {k: _input_for(s, batch_size) for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(cfg.warmup_runs):
+            s.run(None, feeds[k])
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    start = time.perf_counter()
+    budget = cfg.max_seconds * len(sessions)
+    while True:
+        for k, s in sessions.items():
+            feed, out = feeds[k], samples[k]
+            for _ in range(ROUND):
+                t0 = time.perf_counter_ns()
+                s.run(None, feed)
+                out.append((time.perf_counter_ns() - t0) / 1e6)
+        n = len(next(iter(samples.values())))
+        if n < cfg.min_runs:
+            continue
+        if n >= cfg.max_runs or time.perf_counter() - start > budget:
+            break
+        if all(ci_relative_halfwidth(stats_from_samples(v, batch_size, threads)) <= 0.02 for v in samples.values()):
+            break
+    return {k: stats_from_samples(v, batch_size, threads) for k, v in samples.items()}
+
+
+def measure(path: str | Path, cfg: LatencyConfig, batch_size: int = 1, threads: int = 1,
+            device: str = "cpu") -> LatencyStats:
+    return compare({"model": path}, cfg, batch_size, threads, device)["model"]

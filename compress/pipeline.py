@@ -1,0 +1,212 @@
+"""One candidate, end to end: recipe -> distilled, pruned, quantized student -> ONNX -> measured record.
+
+Everything is written into a staging folder beside ``results/<name>/`` and moved into place only when
+the run has finished, so an interrupted or failed run never leaves a result that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from compress import __version__
+from compress.data import Dataset, Split, calibration_inputs, load_dataset
+from compress.export import check_parity, export_onnx, onnx_logits
+from compress.io import write_json_atomic, write_text_atomic
+from compress.latency import LatencyStats, compare
+from compress.models import create_model, macs_and_params
+from compress.recipe import Recipe, RecipeError, TargetConfig
+from compress.teacher import load_teacher
+from compress.techniques.distill import make_loss, teacher_logits_for
+from compress.techniques.prune import prune_
+from compress.techniques.quantize import quantize_int8
+from compress.train import train_
+
+ARTIFACT = "model.onnx"
+
+
+@dataclass
+class Stage:
+    """One model the run produced: its ONNX file and the size of the PyTorch model it came from.
+
+    MACs and parameters are counted when the stage is made: later techniques change the model in place.
+    """
+
+    name: str
+    onnx: Path
+    macs: int
+    params: int
+    int8: bool
+    parity: dict
+
+    @classmethod
+    def of(cls, name: str, onnx: Path, model: nn.Module, int8: bool, parity: dict) -> "Stage":
+        macs, params = macs_and_params(model)
+        return cls(name, onnx, macs, params, int8, parity)
+
+
+def check_target(target: TargetConfig) -> None:
+    """Fail before any work when the recipe asks for a device this machine does not have."""
+    if target.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RecipeError(
+                f"target.device = 'cuda': ONNX Runtime here has only {ort.get_available_providers()}; "
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or set target.device: cpu")
+
+
+def _accuracy_onnx(path: Path, split: Split) -> float:
+    logits = onnx_logits(path, split.inputs().numpy())
+    return float((logits.argmax(1) == split.labels.numpy()).mean())
+
+
+def _model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
+    return {
+        "val_accuracy": _accuracy_onnx(stage.onnx, data.val),
+        "test_accuracy": _accuracy_onnx(stage.onnx, data.test),
+        "params": stage.params,
+        "macs": stage.macs,
+        "size_bytes": stage.onnx.stat().st_size,
+        "int8": stage.int8,
+        "latency_p50_ms": lat.p50_ms,
+        "latency_p95_ms": lat.p95_ms,
+        "latency_p99_ms": lat.p99_ms,
+        "throughput_sps": lat.throughput_sps,
+        "latency": lat.to_dict(),
+        "parity": stage.parity,
+    }
+
+
+def machine_info() -> dict:
+    import onnxruntime as ort
+
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
+            "onnxruntime": ort.__version__, "torch": torch.__version__, "compress": __version__,
+            "python": platform.python_version()}
+
+
+def build_student(recipe: Recipe) -> nn.Module:
+    s = recipe.student
+    return create_model(s.model, width=s.width, depth=s.depth)
+
+
+def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
+                     on_epoch: Callable[[int, float], None] | None = None) -> list[Stage]:
+    """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made."""
+    torch.manual_seed(recipe.seed)
+    d, p, q = recipe.distill, recipe.prune, recipe.quantize
+    logits = teacher_logits_for([(d, d.train), (d, p.finetune)] if p.enabled else [(d, d.train)],
+                                teacher, data, teacher_info["sha256"])
+    student = build_student(recipe)
+    train_(student, data.train, d.train, loss_fn=make_loss(d, d.train, teacher, logits), val=data.val,
+           seed=recipe.seed, desc="distill" if d.enabled else "student", on_epoch=on_epoch)
+    stages = [_export_stage("student_fp32", student, recipe, data, work)]
+    if p.enabled:
+        student = prune_(student, p)
+        train_(student, data.train, p.finetune, loss_fn=make_loss(d, p.finetune, teacher, logits), val=data.val,
+               seed=recipe.seed + 1, desc="prune-finetune")
+        stages.append(_export_stage("student_pruned_fp32", student, recipe, data, work))
+    if q.enabled:
+        calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
+        path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)
+        parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
+        stages.append(Stage.of(path.stem, path, student, True, {**parity, "calibration_fingerprint": calib_fp}))
+    return stages
+
+
+def _export_stage(name: str, model: nn.Module, recipe: Recipe, data: Dataset, work: Path) -> Stage:
+    path = export_onnx(model, work / f"{name}.onnx", recipe.export.opset)
+    parity = check_parity(model, path, data.val, int8=False, max_abs_diff=recipe.export.fp32_max_abs_diff)
+    return Stage.of(name, path, model, False, parity)
+
+
+def _staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial"
+    if stage.exists():
+        shutil.rmtree(stage)  # leftovers of an interrupted run: nothing in them was complete
+    stage.mkdir()
+    return stage
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+
+
+def summarize(teacher: dict, artifact: dict) -> dict:
+    keys = ["val_accuracy", "test_accuracy", "latency_p50_ms", "latency_p95_ms", "params", "macs", "size_bytes"]
+    return {
+        "teacher": {k: teacher[k] for k in keys},
+        "artifact": {k: artifact[k] for k in keys},
+        "speedup_p50": teacher["latency_p50_ms"] / artifact["latency_p50_ms"],
+        "accuracy_drop_pp": 100.0 * (teacher["test_accuracy"] - artifact["test_accuracy"]),
+    }
+
+
+def run(recipe: Recipe, data: Dataset | None = None) -> dict:
+    """The single-recipe job: writes ``results/<name>/`` and returns its summary."""
+    t0 = time.time()
+    check_target(recipe.target)
+    data = data or load_dataset(recipe.data)
+    teacher, tinfo = load_teacher(recipe.teacher)
+    out = recipe.out_path
+    work = _staging_dir(out)
+    try:
+        stages = compress_student(recipe, data, teacher, tinfo, work)
+        teacher_stage = _export_stage("teacher", teacher, recipe, data, work)
+        all_stages = [teacher_stage, *stages]
+        tqdm.write(f"measuring latency of {len(all_stages)} models interleaved "
+                   f"(batch {recipe.target.batch_size}, {recipe.target.threads} thread(s))")
+        lat = compare({s.name: s.onnx for s in all_stages}, recipe.latency, recipe.target.batch_size,
+                      recipe.target.threads, recipe.target.device)
+        metrics = {s.name: _model_metrics(s, data, lat[s.name]) for s in all_stages}
+        final = stages[-1]
+        shutil.copyfile(final.onnx, work / ARTIFACT)
+        (work / "teacher.onnx").unlink()  # the teacher is committed as a checkpoint; its ONNX is 7 MB
+        summary = {
+            "recipe": recipe.name,
+            **summarize(metrics["teacher"], metrics[final.name]),
+            "artifact_stage": final.name,
+            "target": recipe.target.model_dump(),
+            "teacher_sha256": tinfo["sha256"],
+            "data_fingerprint": data.fingerprint,
+            "machine": machine_info(),
+            "wall_time_s": round(time.time() - t0, 1),
+        }
+        write_text_atomic(work / "recipe.yaml", recipe.to_yaml())
+        write_json_atomic(work / "metrics.json", {"models": metrics, "artifact": final.name})
+        write_json_atomic(work / "summary.json", summary)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _publish(work, out)
+    summary["output_dir"] = str(out)
+    return summary

@@ -1,0 +1,1 @@
+"""Compression techniques, each a config type (in compress.recipe) and a function."""

@@ -1,0 +1,109 @@
+"""The one training loop every technique uses (teacher training, distillation, pruning fine-tune).
+
+SGD with momentum, linear warm-up then cosine decay per step; a tqdm bar per epoch; validation accuracy
+after every epoch, passed to ``on_epoch`` so a search can prune a hopeless trial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from compress.data import Split, augment, batches
+from compress.recipe import TrainConfig
+
+# loss(student_logits, labels, batch_index, batch_inputs) -> scalar
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def hard_label_loss(logits, labels, idx, x):
+    return F.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x) for _, x, _ in batches(split, batch_size)])
+
+
+def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+    return float((predict_logits(model, split, batch_size).argmax(1) == split.labels).float().mean())
+
+
+def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return factor
+
+
+def train_(
+    model: nn.Module,
+    train: Split,
+    cfg: TrainConfig,
+    *,
+    loss_fn: LossFn = hard_label_loss,
+    val: Split | None = None,
+    seed: int = 0,
+    desc: str = "train",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place; returns the validation accuracy after each epoch (empty without ``val``)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    steps = math.ceil(len(train) / cfg.batch_size)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no weight decay on BN and biases
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
+    fmt = torch.channels_last if cfg.bf16 else torch.contiguous_format
+    model.to(memory_format=fmt)
+    history: list[float] = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(batches(train, cfg.batch_size, gen), total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+                   leave=False, dynamic_ncols=True, mininterval=1.0)
+        seen = correct = 0
+        loss_sum = 0.0
+        for idx, x, y in bar:
+            if cfg.augment:
+                x = augment(x, gen)
+            x = x.contiguous(memory_format=fmt)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, idx, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            loss_sum += loss.item() * len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        msg = f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(seen, 1):.4f} train_acc {correct / max(seen, 1):.4f}"
+        if val is not None:
+            model.to(memory_format=torch.contiguous_format)
+            acc = accuracy(model, val)
+            model.to(memory_format=fmt)
+            history.append(acc)
+            msg += f" val_acc {acc:.4f}"
+            if on_epoch is not None:
+                on_epoch(epoch, acc)
+        tqdm.write(msg)
+    model.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return history

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from compress.export import export_onnx
+from compress.latency import ci_relative_halfwidth, compare, stats_from_samples
+from compress.models import create_model
+from compress.recipe import LatencyConfig
+
+
+def test_percentiles_and_throughput_on_known_samples():
+    samples = np.arange(1, 101, dtype=float)  # 1..100 ms
+    s = stats_from_samples(samples, batch_size=4, threads=1)
+    assert s.n_runs == 100
+    assert s.p50_ms == pytest.approx(50.5) and s.p95_ms == pytest.approx(95.05) and s.p99_ms == pytest.approx(99.01)
+    assert s.mean_ms == pytest.approx(50.5) and s.std_ms == pytest.approx(np.std(samples, ddof=1))
+    assert s.throughput_sps == pytest.approx(4 * 1000 / 50.5)
+    lo, hi = s.p50_ci95_ms
+    assert lo < s.p50_ms < hi
+
+
+def test_confidence_interval_narrows_with_more_runs():
+    rng = np.random.default_rng(0)
+    few = stats_from_samples(rng.lognormal(0, 0.1, 100), 1, 1)
+    many = stats_from_samples(rng.lognormal(0, 0.1, 10000), 1, 1)
+    assert ci_relative_halfwidth(many) < ci_relative_halfwidth(few) / 5
+
+
+def test_empty_samples_rejected():
+    with pytest.raises(ValueError):
+        stats_from_samples([], 1, 1)
+
+
+def test_compare_times_models_interleaved(tmp_path):
+    small = export_onnx(create_model("cnn", width=4, depth=1), tmp_path / "s.onnx")
+    big = export_onnx(create_model("cnn", width=32, depth=2), tmp_path / "b.onnx")
+    cfg = LatencyConfig(warmup_runs=5, min_runs=40, max_runs=200, max_seconds=0.5)
+    res = compare({"small": small, "big": big}, cfg, batch_size=2, threads=1)
+    assert set(res) == {"small", "big"}
+    # Interleaving gives both models the same number of timed runs.
+    assert res["small"].n_runs == res["big"].n_runs >= 40
+    assert res["small"].batch_size == 2 and res["small"].threads == 1
+    for s in res.values():
+        assert 0 < s.p50_ms <= s.p95_ms <= s.p99_ms

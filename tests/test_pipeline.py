@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from compress.export import ParityError
+from compress.pipeline import run
+from compress.recipe import load_recipe
+
+
+def test_tiny_recipe_end_to_end(tmp_path):
+    """The whole spine through the CLI: distil, prune, fine-tune, quantize, export, measure, report."""
+    proc = subprocess.run([sys.executable, "-m", "compress", "run", "recipes/tiny.yaml", "--set",
+                           f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "speedup p50" in proc.stdout and "teacher" in proc.stdout
+    out = tmp_path / "tiny"
+    for name in ["recipe.yaml", "model.onnx", "metrics.json", "summary.json"]:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    for side in ("teacher", "artifact"):
+        m = summary[side]
+        assert 0 <= m["val_accuracy"] <= 1 and 0 <= m["test_accuracy"] <= 1
+        assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
+        assert m["params"] > 0 and m["macs"] > 0 and m["size_bytes"] > 0
+    assert summary["teacher"]["params"] > 100 * summary["artifact"]["params"]
+    assert summary["speedup_p50"] == pytest.approx(
+        summary["teacher"]["latency_p50_ms"] / summary["artifact"]["latency_p50_ms"])
+    assert summary["accuracy_drop_pp"] == pytest.approx(
+        100 * (summary["teacher"]["test_accuracy"] - summary["artifact"]["test_accuracy"]))
+    metrics = json.loads((out / "metrics.json").read_text())["models"]
+    assert set(metrics) == {"teacher", "student_fp32", "student_pruned_fp32", "student_pruned_int8"}
+    assert metrics["student_pruned_fp32"]["macs"] < metrics["student_fp32"]["macs"]
+    assert metrics["student_pruned_int8"]["parity"]["top1_agreement"] >= 0.9
+    assert metrics["student_fp32"]["parity"]["max_abs_logit_diff"] <= 1e-3
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops
+    assert load_recipe(out / "recipe.yaml").name == "tiny"  # the resolved recipe is itself a valid recipe
+    assert not list(tmp_path.glob(".*"))  # no staging leftovers
+
+
+def test_failed_run_leaves_no_result(tmp_path):
+    recipe = load_recipe("recipes/tiny.yaml", [f"output_dir={tmp_path}", "distill.train.epochs=0",
+                                               "prune.enabled=false", "quantize.enabled=false",
+                                               "export.fp32_max_abs_diff=1e-12"])
+    with pytest.raises(ParityError):
+        run(recipe)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,34 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from compress.models import create_model, macs_and_params
+from compress.recipe import PruneConfig
+from compress.techniques.prune import prune_
+
+
+@pytest.mark.parametrize("name,kwargs", [("cnn", {"width": 16, "depth": 2}),
+                                         ("resnet_small", {"widths": (16, 32, 32, 64)})])
+def test_pruning_removes_channels_and_model_still_runs(name, kwargs):
+    model = create_model(name, **kwargs)
+    convs_before = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    macs0, params0 = macs_and_params(model)
+    prune_(model, PruneConfig(enabled=True, ratio=0.5))
+    convs_after = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    macs1, params1 = macs_and_params(model)
+    # Physically smaller tensors, not zero masks: each conv keeps about half its output channels.
+    for b, a in zip(convs_before, convs_after):
+        assert a == b - int(b * 0.5)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.shape[0] == m.out_channels
+    assert macs1 < 0.4 * macs0 and params1 < 0.4 * params0
+    out = model(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)  # the classifier's outputs are never pruned
+
+
+def test_ratio_zero_is_identity():
+    model = create_model("cnn", width=8, depth=1)
+    before = macs_and_params(model)
+    prune_(model, PruneConfig(enabled=True, ratio=0.0))
+    assert macs_and_params(model) == before

@@ -1,0 +1,37 @@
+import onnx
+import pytest
+
+from compress.data import calibration_inputs
+from compress.export import check_parity, export_onnx
+from compress.models import create_model
+from compress.recipe import QuantizeConfig
+from compress.techniques.quantize import quantize_int8
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
+def test_static_int8_qdq_per_channel(tmp_path, tiny_data, calibration):
+    model = create_model("cnn", width=32, depth=1).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    calib, fingerprint = calibration_inputs(tiny_data.train, 64, seed=0)
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calib, QuantizeConfig(enabled=True, calibration=calibration))
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "ConvInteger" not in ops  # never dynamic quantization of convolutions
+    # Per-channel: conv weight scales are vectors, one per output channel.
+    graph = onnx.load(str(int8)).graph
+    scales = {i.name: i for i in graph.initializer}
+    conv_w_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")]
+    assert any(len(scales[n.input[1]].dims) == 1 and scales[n.input[1]].dims[0] > 1 for n in conv_w_dq)
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    parity = check_parity(model, int8, tiny_data.val, int8=True, min_agreement=0.5)
+    assert 0.5 <= parity["top1_agreement"] <= 1.0
+    assert len(fingerprint) == 64
+
+
+def test_qoperator_format_emits_qlinear_ops(tmp_path, tiny_data):
+    model = create_model("cnn", width=16, depth=1).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    calib, _ = calibration_inputs(tiny_data.train, 32, seed=0)
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calib, QuantizeConfig(enabled=True, format="qoperator"))
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "QLinearConv" in ops

@@ -1,0 +1,75 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.data import load_dataset
+from compress.io import sha256_file
+from compress.recipe import TeacherConfig, load_recipe
+from compress.teacher import TeacherError, load_teacher, train_teacher
+
+DEFAULT = Path("teachers/fashion_mnist_resnet")
+
+
+def test_committed_default_teacher_meets_the_brief():
+    """The checkpoint every run reuses: verified by hash, big and accurate enough to be worth compressing."""
+    info = json.loads((DEFAULT / "teacher.json").read_text())
+    assert sha256_file(DEFAULT / "model.pt") == info["sha256"]
+    assert (DEFAULT / "model.pt").stat().st_size <= 10 * 2**20
+    assert info["params"] >= 1_000_000
+    assert info["test_accuracy"] >= 0.935
+    assert info["latency"]["p95_ms"] >= 2.0 and info["latency"]["batch_size"] == 1 and info["latency"]["threads"] == 1
+    recipe = load_recipe("recipes/fashion_mnist_single.yaml")
+    model, loaded = load_teacher(recipe.teacher)
+    assert loaded["sha256"] == info["sha256"]
+    assert sum(p.numel() for p in model.parameters()) == info["params"]
+
+
+def _copy_default(tmp_path) -> TeacherConfig:
+    shutil.copy(DEFAULT / "model.pt", tmp_path / "model.pt")
+    shutil.copy(DEFAULT / "teacher.json", tmp_path / "teacher.json")
+    return TeacherConfig(checkpoint=str(tmp_path / "model.pt"))
+
+
+def test_altered_checkpoint_fails_the_hash_check(tmp_path):
+    cfg = _copy_default(tmp_path)
+    with open(cfg.checkpoint, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(TeacherError, match="was altered.*compress teacher"):
+        load_teacher(cfg)
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TeacherError, match="could not be loaded"):
+        load_teacher(TeacherConfig(checkpoint=str(tmp_path / "model.pt")))
+
+
+def test_missing_checkpoint_says_how_to_make_it(tmp_path):
+    with pytest.raises(TeacherError, match="does not exist.*recipes/teacher_fashion_mnist.yaml"):
+        load_teacher(TeacherConfig(checkpoint=str(tmp_path / "none.pt")))
+
+
+def test_pinned_sha256_in_recipe_is_enforced(tmp_path):
+    cfg = _copy_default(tmp_path)
+    wrong = TeacherConfig(checkpoint=cfg.checkpoint, sha256="0" * 64)
+    with pytest.raises(TeacherError, match="teacher.sha256 in the recipe"):
+        load_teacher(wrong)
+
+
+def test_teacher_command_writes_checkpoint_onnx_and_metrics(tmp_path):
+    recipe = load_recipe("recipes/teacher_fashion_mnist.yaml", [
+        f"teacher.checkpoint={tmp_path}/t/model.pt", "teacher.model_kwargs={widths: [8, 8, 16, 16]}",
+        "teacher.train.epochs=1", "data.train_subset=512", "data.val_subset=200", "data.test_subset=200",
+        "latency.min_runs=20", "latency.max_seconds=0.2"])
+    info = train_teacher(recipe, load_dataset(recipe.data))
+    assert (tmp_path / "t" / "model.onnx").is_file()
+    assert json.loads((tmp_path / "t" / "teacher.json").read_text())["sha256"] == info["sha256"]
+    assert len(info["val_accuracy_per_epoch"]) == 1 and 0 <= info["test_accuracy"] <= 1
+    model, _ = load_teacher(recipe.teacher)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
