@@ -5,9 +5,13 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-RECIPE  ?= recipes/fashion_mnist_single.yaml
+RECIPE  ?= recipes/fashion_mnist.yaml
+SINGLE  ?= recipes/fashion_mnist_single.yaml
+STUDY   ?= $(basename $(notdir $(RECIPE)))
+DB      ?= results/$(STUDY)/study.db
+PORT    ?= 8080
 
-.PHONY: setup dataset test distill run clean
+.PHONY: setup dataset test distill single dashboard clean
 
 setup: $(STAMP) dataset
 
@@ -31,8 +35,19 @@ dataset:
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The main job: search, Pareto front, baselines, artifact. Re-running resumes the study.
 distill: setup
-	$(BIN)/compress run $(RECIPE)
+	$(BIN)/compress search $(RECIPE)
+
+# One hand-chosen recipe, no search.
+single: setup
+	$(BIN)/compress run $(SINGLE)
+
+# optuna-dashboard on the study, local only. Works while `make distill` runs (the study is in SQLite).
+dashboard: setup
+	@test -f $(DB) || { echo "no study at $(DB): run 'make distill' first (or pass DB=path/to/study.db)"; exit 2; }
+	@echo "optuna-dashboard on $(DB): open http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
+	$(BIN)/optuna-dashboard sqlite:///$(DB) --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .cache .data .pytest_cache results/.*.partial

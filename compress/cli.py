@@ -37,6 +37,24 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_search(args) -> int:
+    from compress.study import print_study_summary, run_study
+
+    overrides = list(args.overrides)
+    if args.storage:
+        overrides.append(f"search.storage={args.storage}")
+    if args.n_trials is not None:
+        overrides.append(f"search.n_trials={args.n_trials}")
+    if args.timeout is not None:
+        overrides.append(f"search.timeout_s={args.timeout}")
+    recipe = load_recipe(args.recipe, overrides)
+    summary = run_study(recipe)
+    print_study_summary(summary)
+    print(f"\nresults: {recipe.out_path}/  (pareto.png, pareto.html, pareto.csv, trials.csv, summary.json)")
+    print(f"artifact: {recipe.out_path / 'artifact'}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one compression run: distill, prune, quantize, export, measure")
     _recipe_args(p)
     p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("search", help="the main job: Optuna search, Pareto front, baselines, artifact (resumable)")
+    _recipe_args(p)
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/<name>/study.db)")
+    p.add_argument("--n-trials", type=int, help="complete + pruned trials to reach (resumed trials count)")
+    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class RecipeError(ValueError):
@@ -110,6 +110,47 @@ class LatencyConfig(_Section):
     max_seconds: float = Field(5.0, gt=0)  # per model; stops timing early once p50 is stable
 
 
+class Range(_Section):
+    """A searchable numeric range; integer fields get integers."""
+
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log ranges need low > 0 and no step")
+        return self
+
+
+class SearchConfig(_Section):
+    n_trials: int = Field(20, ge=1)  # completed + pruned trials the study aims for (resumes count)
+    timeout_s: float | None = Field(None, gt=0)  # stop starting new trials after this long
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    startup_trials: int = Field(6, ge=0)  # TPE: random trials before the model-based ones
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    # Search-time training uses the first fraction of the training split; every candidate is still
+    # evaluated on the full validation and test splits.
+    train_fraction: float = Field(1.0, gt=0, le=1)
+    storage: str | None = None  # any Optuna storage URL; None: sqlite:///results/<name>/study.db
+    keep_dominated_models: bool = False  # dominated trials' ONNX files are deleted to save disk
+    baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
+    baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
+    baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16=True)
+    # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServiceLevel(_Section):
+    p95_ms: float | None = Field(None, gt=0)  # per-request p95 bound at target.batch_size and threads
+    # Largest allowed validation-accuracy drop from the teacher, in percentage points.
+    max_accuracy_drop_pp: float | None = Field(None, ge=0)
+
+
 class Recipe(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # also the results/<name>/ folder
     seed: int = 0
@@ -123,6 +164,8 @@ class Recipe(_Section):
     export: ExportConfig = ExportConfig()
     target: TargetConfig = TargetConfig()
     latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
+    slo: ServiceLevel = ServiceLevel()
 
     @property
     def out_path(self) -> Path:
@@ -177,9 +220,85 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise RecipeError(_format_errors(source, err)) from None
+    _check_space(recipe, source)
+    return recipe
+
+
+NOT_SEARCHABLE = ("name", "output_dir", "search", "slo", "data", "teacher", "target", "latency", "export")
+
+
+def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
+    """A copy of ``recipe`` with ``key.path -> value`` set and no search space (one concrete candidate)."""
+    data = recipe.to_dict()
+    data["search"]["space"] = {}
+    for key, value in values.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return Recipe.model_validate(data)
+
+
+def space_leaf(recipe: Recipe, key: str) -> Any:
+    """The recipe's current value at ``key``; raises KeyError when the path does not name a field."""
+    node: Any = recipe
+    for part in key.split("."):
+        if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+            raise KeyError(part)
+        node = getattr(node, part)
+    if isinstance(node, BaseModel):
+        raise KeyError(key)
+    return node
+
+
+def space_spec(spec: Any) -> Range | list[Any] | Any:
+    """A space entry as a Range (mapping), a list of choices, or a fixed value."""
+    return Range.model_validate(spec) if isinstance(spec, dict) else spec
+
+
+def _check_space(recipe: Recipe, source: str) -> None:
+    for key, raw in recipe.search.space.items():
+        where = f"search.space.{key}"
+        try:
+            spec = space_spec(raw)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'range'}: {e['msg']}" for e in err.errors())
+            raise RecipeError(f"{source}: invalid recipe\n  {where} = {raw!r}: {problems}; a range is "
+                              "{low: A, high: B[, step: S, log: true]}") from None
+        try:
+            current = space_leaf(recipe, key)
+        except KeyError:
+            raise RecipeError(f"{source}: invalid recipe\n  {where}: {key!r} is not a recipe field; searchable "
+                              "fields are those of student, distill, prune and quantize, e.g. student.width") from None
+        if key.split(".")[0] in NOT_SEARCHABLE:
+            raise RecipeError(f"{source}: invalid recipe\n  {where}: the {key.split('.')[0]} section is not "
+                              "searchable; search student, distill, prune or quantize fields")
+        if isinstance(spec, Range):
+            if isinstance(current, bool) or not isinstance(current, (int, float)):
+                raise RecipeError(f"{source}: invalid recipe\n  {where} = {spec.model_dump()}: a range needs a "
+                                  f"numeric field, and {key} is {current!r}; give a list of choices instead")
+            candidates = [spec.low, spec.high]
+            if isinstance(current, int):
+                candidates = [int(spec.low), int(spec.high)]
+                if spec.low != int(spec.low) or spec.high != int(spec.high):
+                    raise RecipeError(f"{source}: invalid recipe\n  {where}: {key} is an integer; use whole "
+                                      f"numbers for low and high (got {spec.low}, {spec.high})")
+        elif isinstance(spec, list):
+            if not spec:
+                raise RecipeError(f"{source}: invalid recipe\n  {where} = []: give at least one choice")
+            candidates = spec
+        else:
+            candidates = [spec]
+        for value in candidates:
+            try:
+                with_values(recipe, {key: value})
+            except ValidationError as err:
+                msg = _format_errors(source, err).replace(f"  {key} =", f"  {where}: {key} =")
+                raise RecipeError(msg) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -25,3 +25,117 @@ def print_summary(summary: dict) -> None:
     print(summary_table(summary))
     if "output_dir" in summary:
         print(f"\nresults: {summary['output_dir']}/  (model.onnx, metrics.json, summary.json, recipe.yaml)")
+
+
+# ---- the search report: works from records (dicts) alone, no torch ----
+
+def pareto_indices(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated (accuracy to maximise, latency to minimise) points, fastest first."""
+    front = []
+    for i, (acc_i, lat_i) in enumerate(points):
+        dominated = any(acc_j >= acc_i and lat_j <= lat_i and (acc_j > acc_i or lat_j < lat_i)
+                        for j, (acc_j, lat_j) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
+
+
+def dominated_by(front: list[dict], acc: float, lat: float, acc_key="test_accuracy", lat_key="latency_p95_ms") -> bool:
+    """True when some front member is at least as accurate and at least as fast."""
+    return any(f[acc_key] >= acc and f[lat_key] <= lat for f in front)
+
+
+# latency_measured: "final" for numbers from the closing interleaved measurement (the front), "trial" for
+# the cheaper one taken when the trial ran.
+CSV_COLUMNS = ["trial", "state", "feasible", "pareto", "val_accuracy", "test_accuracy", "latency_p50_ms",
+               "latency_p95_ms", "latency_p99_ms", "throughput_sps", "latency_measured", "params", "macs",
+               "size_bytes", "int8"]
+
+
+def write_csv(path, rows: list[dict], param_keys: list[str]) -> None:
+    import csv
+    import io
+
+    from compress.io import write_text_atomic
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + [f"params.{k}" for k in param_keys], extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**{k: r.get(k) for k in CSV_COLUMNS}, **{f"params.{k}": r.get("params_", {}).get(k) for k in param_keys}})
+    write_text_atomic(path, buf.getvalue())
+
+
+def _label(r: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in r.get("params_", {}).items())
+
+
+def plot_pareto_png(path, trials: list[dict], refs: dict[str, dict], slo_p95_ms: float | None, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=120)
+    feas = [t for t in trials if t["feasible"] and not t["pareto"]]
+    infeas = [t for t in trials if not t["feasible"] and not t["pareto"]]
+    front = sorted([t for t in trials if t["pareto"]], key=lambda t: t["latency_p95_ms"])
+    ax.scatter([t["latency_p95_ms"] for t in feas], [100 * t["val_accuracy"] for t in feas], c="#9aa5b1", s=22,
+               label="trial")
+    ax.scatter([t["latency_p95_ms"] for t in infeas], [100 * t["val_accuracy"] for t in infeas], c="#e07a5f",
+               marker="x", s=26, label="trial, misses the service level")
+    ax.step([t["latency_p95_ms"] for t in front], [100 * t["val_accuracy"] for t in front], where="post",
+            c="#3d5a80", lw=1.2)
+    ax.scatter([t["latency_p95_ms"] for t in front], [100 * t["val_accuracy"] for t in front], c="#3d5a80", s=40,
+               zorder=3, label="Pareto front")
+    markers = {"teacher": ("*", "#111111")}
+    for i, (name, r) in enumerate(refs.items()):
+        m, c = markers.get(name, ("DsP^v"[i % 5], f"C{i + 1}"))
+        ax.scatter([r["latency_p95_ms"]], [100 * r["val_accuracy"]], marker=m, c=c, s=110, zorder=4,
+                   edgecolors="white", label=name)
+    chosen = [t for t in trials if t.get("chosen")]
+    if chosen:
+        ax.scatter([chosen[0]["latency_p95_ms"]], [100 * chosen[0]["val_accuracy"]], s=180, facecolors="none",
+                   edgecolors="#2a9d8f", linewidths=2, zorder=5, label="chosen artifact")
+    if slo_p95_ms:
+        ax.axvline(slo_p95_ms, ls="--", c="#2a9d8f", lw=1)
+        ax.text(slo_p95_ms, ax.get_ylim()[0], f" p95 <= {slo_p95_ms:g} ms", color="#2a9d8f", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p95 per request (ms, log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_pareto_html(path, trials: list[dict], refs: dict[str, dict], slo_p95_ms: float | None, title: str) -> None:
+    import plotly.graph_objects as go
+
+    def hover(r):
+        return (f"val {100 * r['val_accuracy']:.2f}% test {100 * r['test_accuracy']:.2f}%<br>p50 {r['latency_p50_ms']:.3f} "
+                f"ms p95 {r['latency_p95_ms']:.3f} ms<br>{r['params']:,} params, {r['macs'] / 1e6:.2f} MMACs"
+                f"<br>{_label(r)}")
+
+    fig = go.Figure()
+    groups = [("trial", lambda t: t["feasible"] and not t["pareto"], dict(color="#9aa5b1", size=7)),
+              ("trial, misses the service level", lambda t: not t["feasible"], dict(color="#e07a5f", size=8, symbol="x")),
+              ("Pareto front", lambda t: t["pareto"] and t["feasible"], dict(color="#3d5a80", size=10))]
+    for name, pick, marker in groups:
+        sel = [t for t in trials if pick(t)]
+        fig.add_trace(go.Scatter(x=[t["latency_p95_ms"] for t in sel], y=[100 * t["val_accuracy"] for t in sel],
+                                 mode="markers", name=name, marker=marker, text=[f"trial #{t['trial']}<br>" + hover(t) for t in sel],
+                                 hoverinfo="text"))
+    for name, r in refs.items():
+        fig.add_trace(go.Scatter(x=[r["latency_p95_ms"]], y=[100 * r["val_accuracy"]], mode="markers+text", name=name,
+                                 text=[name], textposition="top center", hovertext=[hover(r)], hoverinfo="text",
+                                 marker=dict(size=14, symbol="star" if name == "teacher" else "diamond")))
+    if slo_p95_ms:
+        fig.add_vline(x=slo_p95_ms, line_dash="dash", line_color="#2a9d8f",
+                      annotation_text=f"service level p95 <= {slo_p95_ms:g} ms")
+    fig.update_layout(title=title, xaxis_title="latency p95 per request (ms)", yaxis_title="validation accuracy (%)",
+                      xaxis_type="log", template="plotly_white")
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)

@@ -1,0 +1,258 @@
+"""The Optuna study: the space comes from the recipe; each trial calls the one-candidate pipeline.
+
+Two objectives: maximise validation accuracy, minimise latency p95 on the target. The service level
+(p95 bound, largest accuracy drop) enters as Optuna constraints, so infeasible trials are kept and shown
+but never chosen. The study lives in an Optuna storage (SQLite by default), so it resumes, and
+optuna-dashboard can watch it live.
+
+Optuna's pruners do not support multi-objective studies (optuna/optuna#3450), so each trial's learning
+curve is reported to a companion single-objective study (``<name>:curves:<tier>``) whose pruner decides.
+Curves are grouped by cost tier (student MACs within 2x): a small, fast student is only compared with
+students of its size, never stopped for learning slower than a large one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from compress.data import Dataset
+from compress.export import onnx_logits
+from compress.latency import measure
+from compress.models import macs_and_params
+from compress.pipeline import build_student, compress_student
+from compress.recipe import Range, Recipe, RecipeError, space_spec, with_values
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def storage_url(recipe: Recipe) -> str:
+    if recipe.search.storage:
+        return recipe.search.storage
+    return f"sqlite:///{(recipe.out_path / 'study.db').as_posix()}"
+
+
+def search_fingerprint(recipe: Recipe) -> str:
+    """What makes two runs the same study: everything but how long to run and where to store it."""
+    data = recipe.to_dict()
+    for k in ("n_trials", "timeout_s", "storage"):
+        data["search"].pop(k)
+    return Recipe.model_validate(data).fingerprint()
+
+
+CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max")
+
+
+def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Named Optuna constraints (``Trial.set_constraint``), <= 0 feasible; unmeasured trials are infeasible."""
+    return [trial.constraints.get(k, 1.0) for k in CONSTRAINTS]
+
+
+def constraint_values(val_accuracy: float, p95_ms: float, teacher_val_accuracy: float, recipe: Recipe) -> list[float]:
+    slo = recipe.slo
+    drop_pp = 100.0 * (teacher_val_accuracy - val_accuracy)
+    return [p95_ms - slo.p95_ms if slo.p95_ms is not None else -1.0,
+            drop_pp - slo.max_accuracy_drop_pp if slo.max_accuracy_drop_pp is not None else -1.0]
+
+
+def _sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
+    s = recipe.search
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=recipe.seed, population_size=max(4, min(50, s.n_trials // 2)))
+    # Constraints reach both samplers through Trial.set_constraint in the objective.
+    return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=s.startup_trials, multivariate=True)
+
+
+def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
+    p = recipe.search.pruner
+    if p == "median":
+        # Not before 3 curves of the same tier exist, and never on the first epoch (too noisy).
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if p == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=recipe.distill.train.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _storage(url: str):
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    # Heartbeats let Optuna mark a trial whose process died as failed; the callback re-queues its
+    # parameters, so the slot is re-run rather than lost.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=20, grace_period=60,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+
+def open_study(recipe: Recipe) -> optuna.Study:
+    """Create the study, or load it to resume; refuses a stored study made by a different recipe."""
+    storage = _storage(storage_url(recipe))
+    study = optuna.create_study(storage=storage, sampler=_sampler(recipe), study_name=recipe.name,
+                                directions=["maximize", "minimize"], load_if_exists=True)
+    fp = search_fingerprint(recipe)
+    stored = study.user_attrs.get("recipe_fingerprint")
+    if stored is None:
+        study.set_user_attr("recipe_fingerprint", fp)
+        study.set_user_attr("recipe", recipe.to_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_accuracy", "latency_p95_ms"])
+    elif stored != fp:
+        raise RecipeError(
+            f"study {recipe.name!r} in {storage_url(recipe)} was made by a different recipe (fingerprint {stored} "
+            f"vs {fp} now); resuming would mix trials of two searches. Rename the recipe (name:), pass another "
+            "--storage, or delete the old study file to start again.")
+    return study
+
+
+def _requeue_interrupted(study: optuna.Study) -> int:
+    """Trials cut off by Ctrl-C are marked failed by Optuna; queue their parameters again, once each."""
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    n = 0
+    for t in study.trials:
+        if t.state == TrialState.FAIL and t.number not in retried and "retry_of" not in t.user_attrs and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            n += 1
+    return n
+
+
+def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
+    from compress.recipe import space_leaf
+
+    values = {}
+    for key, raw in recipe.search.space.items():
+        spec = space_spec(raw)
+        if isinstance(spec, Range):
+            if isinstance(space_leaf(recipe, key), int):
+                values[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+            else:
+                values[key] = trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
+        elif isinstance(spec, list):
+            values[key] = trial.suggest_categorical(key, spec)
+        else:
+            values[key] = spec
+    return values
+
+
+def _accuracy(path: Path, split) -> float:
+    return float((onnx_logits(path, split.inputs().numpy()).argmax(1) == split.labels.numpy()).mean())
+
+
+@dataclasses.dataclass
+class Objective:
+    recipe: Recipe
+    data: Dataset  # full validation and test splits; training split possibly cut to search.train_fraction
+    full: Dataset
+    teacher: Any
+    teacher_info: dict
+    teacher_val_accuracy: float
+    study: optuna.Study
+
+    def _curves(self, tier: int) -> optuna.Study:
+        # Same database, no heartbeat: curve trials are driven by ask/tell, not by Study.optimize.
+        storage = optuna.storages.RDBStorage(storage_url(self.recipe))
+        return optuna.create_study(storage=storage, study_name=f"{self.recipe.name}:curves:{tier}",
+                                   direction="maximize", pruner=_pruner(self.recipe), load_if_exists=True)
+
+    def __call__(self, trial: optuna.Trial):
+        values = suggest(trial, self.recipe)
+        r = with_values(self.recipe, values)
+        work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        macs, _ = macs_and_params(build_student(r))
+        tier = int(math.log2(max(macs, 1)))
+        curves = self._curves(tier)
+        curve = curves.ask()
+        trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            curve.report(acc, epoch)
+            if curve.should_prune():
+                curves.tell(curve, state=TrialState.PRUNED)
+                raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
+
+        try:
+            stages = compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch)
+        except optuna.TrialPruned:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        except BaseException:
+            curves.tell(curve, state=TrialState.FAIL)
+            raise
+        final = stages[-1]
+        model = work / "model.onnx"
+        final.onnx.replace(model)
+        for s in stages[:-1]:
+            s.onnx.unlink(missing_ok=True)
+        lat = measure(model, r.latency, r.target.batch_size, r.target.threads, r.target.device)
+        val, test = _accuracy(model, self.full.val), _accuracy(model, self.full.test)
+        curves.tell(curve, val)
+        metrics = {"val_accuracy": val, "test_accuracy": test, "params": final.params, "macs": final.macs,
+                   "size_bytes": model.stat().st_size, "int8": final.int8, "latency_p50_ms": lat.p50_ms,
+                   "latency_p95_ms": lat.p95_ms, "latency_p99_ms": lat.p99_ms, "throughput_sps": lat.throughput_sps,
+                   "stage": final.name, "parity": final.parity}
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("artifact_path", str(model))
+        for name, value in zip(CONSTRAINTS, constraint_values(val, lat.p95_ms, self.teacher_val_accuracy, r)):
+            trial.set_constraint(name, value)
+        return val, lat.p95_ms
+
+
+class Progress:
+    """One line per finished trial: n/N, its accuracy and p95, best feasible so far, elapsed, ETA."""
+
+    def __init__(self, target: int, already: int):
+        self.target, self.already, self.start = target, already, time.time()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = [t for t in study.trials if t.state in DONE]
+        n, ran = len(done), len(done) - self.already
+        elapsed = time.time() - self.start
+        eta = elapsed / max(ran, 1) * max(self.target - n, 0)
+        if trial.state == TrialState.COMPLETE:
+            m = trial.user_attrs["metrics"]
+            what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
+                "" if max(constraints(trial)) <= 0 else " (infeasible)")
+        else:
+            what = trial.state.name.lower()
+        feas = [t for t in done if t.state == TrialState.COMPLETE and max(constraints(t)) <= 0]
+        best = max(feas, key=lambda t: t.values[0], default=None)
+        best_s = (f"best feasible #{best.number} {100 * best.values[0]:.2f}% @ {best.values[1]:.3f} ms"
+                  if best else "no feasible trial yet")
+        tqdm.write(f"[trial {n}/{self.target}] #{trial.number} {what} | {best_s} | elapsed {elapsed / 60:.1f} min, "
+                   f"ETA {eta / 60:.1f} min")
+
+
+def optimize(recipe: Recipe, full: Dataset, teacher, teacher_info: dict, teacher_val_accuracy: float) -> optuna.Study:
+    """Run (or resume) the study until ``search.n_trials`` trials are complete or pruned."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(recipe)
+    requeued = _requeue_interrupted(study)
+    done = sum(t.state in DONE for t in study.trials)
+    target = recipe.search.n_trials
+    if done:
+        tqdm.write(f"resuming study {recipe.name!r}: {done}/{target} trials done"
+                   + (f", {requeued} interrupted trial(s) queued again" if requeued else ""))
+    if done >= target:
+        return study
+    n_train = max(1, int(len(full.train) * recipe.search.train_fraction))
+    data = dataclasses.replace(full, train=full.train.head(n_train))
+    objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study)
+    from compress.export import ParityError
+
+    study.optimize(
+        objective, n_trials=2 * (target - done), timeout=recipe.search.timeout_s, catch=(ParityError,),
+        callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), Progress(target, done)],
+    )
+    return study

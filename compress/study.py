@@ -1,0 +1,211 @@
+"""The main job (``make distill``): search, baselines, an exact final measurement, report and artifact.
+
+1. ``search.optimize`` runs or resumes the Optuna study (trial-time latency: cheap, one model at a time).
+2. The Pareto front is taken over complete trials; the chosen candidate is the most accurate feasible one.
+3. Baselines are built (once per study, cached).
+4. Teacher, front and baselines are re-measured *interleaved in one process* ("exact late"); every number
+   in the report comes from that measurement, so ratios between them are fair.
+5. trials.csv, pareto.csv/json/html/png, summary.json and artifact/ are written; summary.json last.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from compress import baselines as bl
+from compress.data import load_dataset
+from compress.export import export_onnx
+from compress.io import write_json_atomic, write_text_atomic
+from compress.latency import compare
+from compress.pipeline import check_target, machine_info, summarize
+from compress.recipe import Recipe, with_values
+from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
+                             write_csv)
+from compress.search import DONE, _accuracy, constraint_values, constraints, optimize
+from compress.teacher import load_teacher
+
+
+def _trial_record(t: optuna.trial.FrozenTrial) -> dict:
+    m = t.user_attrs.get("metrics", {})
+    constraint = constraints(t)
+    return {"trial": t.number, "state": t.state.name, "params_": dict(t.params), **m, "constraint": constraint,
+            "feasible": t.state == TrialState.COMPLETE and max(constraint) <= 0,
+            "pareto": False, "artifact_path": t.user_attrs.get("artifact_path"),
+            "latency_measured": "trial" if m else None}
+
+
+def _ref_record(name: str, onnx: Path, stage, data) -> dict:
+    return {"name": name, "val_accuracy": _accuracy(onnx, data.val), "test_accuracy": _accuracy(onnx, data.test),
+            "params": stage.params, "macs": stage.macs, "size_bytes": onnx.stat().st_size, "int8": stage.int8}
+
+
+def _with_latency(rec: dict, lat) -> dict:
+    return {**rec, "latency_measured": "final", "latency_p50_ms": lat.p50_ms, "latency_p95_ms": lat.p95_ms, "latency_p99_ms": lat.p99_ms,
+            "throughput_sps": lat.throughput_sps, "latency": lat.to_dict()}
+
+
+def run_study(recipe: Recipe) -> dict:
+    """The whole job; returns summary.json's content."""
+    t0 = time.time()
+    check_target(recipe.target)
+    data = load_dataset(recipe.data)
+    teacher, tinfo = load_teacher(recipe.teacher)
+    out = recipe.out_path
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)  # present only once this run's report is complete
+    write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
+    teacher_onnx = out / "teacher.onnx"
+    if not teacher_onnx.is_file():
+        export_onnx(teacher, teacher_onnx, recipe.export.opset)
+    teacher_rec = {"name": "teacher", "val_accuracy": _accuracy(teacher_onnx, data.val),
+                   "test_accuracy": _accuracy(teacher_onnx, data.test), "params": tinfo.get("params"),
+                   "macs": tinfo.get("macs"), "size_bytes": teacher_onnx.stat().st_size, "int8": False}
+
+    study = optimize(recipe, data, teacher, tinfo, teacher_rec["val_accuracy"])
+
+    trials = [_trial_record(t) for t in study.trials]
+    complete = [r for r in trials if r["state"] == "COMPLETE"]
+    if not complete:
+        raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
+    for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
+        complete[i]["pareto"] = True
+    front = [r for r in complete if r["pareto"]]
+    chosen = _choose(front)
+    chosen_recipe = with_values(recipe, chosen["params_"])
+
+    refs_stages = {}
+    if recipe.search.baselines:
+        tqdm.write("building baselines (cached per study): teacher int8, pruned teacher, student without KD")
+        root = out / "baselines"
+        for stage in (bl.teacher_int8(recipe, data, teacher, tinfo, root),
+                      bl.teacher_pruned(recipe, data, teacher, tinfo, root),
+                      bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root)):
+            refs_stages[stage.name] = stage
+
+    tqdm.write(f"final measurement: teacher, {len(front)} Pareto trial(s) and {len(refs_stages)} baseline(s), "
+               "interleaved in one process")
+    models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front},
+              **{k: s.onnx for k, s in refs_stages.items()}}
+    lat = compare(models, recipe.latency, recipe.target.batch_size, recipe.target.threads, recipe.target.device)
+    teacher_rec = _with_latency(teacher_rec, lat["teacher"])
+    for r in front:
+        r.update(_with_latency({}, lat[f"trial_{r['trial']}"]))
+        r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], teacher_rec["val_accuracy"], recipe)
+        r["feasible"] = max(r["constraint"]) <= 0
+    chosen = _choose(front)
+    chosen["chosen"] = True
+    refs = {k: _with_latency(_ref_record(k, s.onnx, s, data), lat[k]) for k, s in refs_stages.items()}
+    for r in refs.values():
+        r["dominated_by_front"] = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"])
+
+    summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
+    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary)
+    return summary
+
+
+def _choose(front: list[dict]) -> dict:
+    """Most accurate feasible front member; when none is feasible, the fastest within the accuracy bound
+    (or, when none is within it either, the most accurate)."""
+    feasible = [r for r in front if r["feasible"]]
+    if feasible:
+        return max(feasible, key=lambda r: (r["val_accuracy"], -r["latency_p95_ms"]))
+    accurate = [r for r in front if r["constraint"][1] <= 0]
+    if accurate:
+        return min(accurate, key=lambda r: r["latency_p95_ms"])
+    return max(front, key=lambda r: r["val_accuracy"])
+
+
+def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -> dict:
+    states = [t.state for t in study.trials]
+    p50s = [r["latency_p50_ms"] for r in front]
+    slo_met = bool(chosen["feasible"])
+    summary = {
+        "study": recipe.name,
+        **summarize(teacher_rec, chosen),
+        "slo_met": slo_met,
+        "slo_p95_ms": recipe.slo.p95_ms,
+        "slo_max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
+        "chosen_trial": chosen["trial"],
+        "chosen_params": chosen["params_"],
+        "n_trials_complete": states.count(TrialState.COMPLETE),
+        "n_trials_pruned": states.count(TrialState.PRUNED),
+        "n_trials_failed": states.count(TrialState.FAIL),
+        "pareto_size": len(front),
+        "pareto_latency_span": max(p50s) / min(p50s),
+        "baselines": {k: {"test_accuracy": r["test_accuracy"], "val_accuracy": r["val_accuracy"],
+                          "latency_p50_ms": r["latency_p50_ms"], "latency_p95_ms": r["latency_p95_ms"],
+                          "params": r["params"], "macs": r["macs"], "size_bytes": r["size_bytes"],
+                          "dominated_by_front": r["dominated_by_front"]} for k, r in refs.items()},
+        "target": recipe.target.model_dump(),
+        "teacher_sha256": tinfo["sha256"],
+        "data_fingerprint": data.fingerprint,
+        "storage": study._storage.url if hasattr(study._storage, "url") else None,
+        "machine": machine_info(),
+        "wall_time_s": round(time.time() - t0, 1),
+    }
+    return summary
+
+
+def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary) -> None:
+    keys = list(recipe.search.space)
+    front_ids = {r["trial"] for r in front}
+    for r in trials:
+        r["pareto"] = r["trial"] in front_ids
+    by_id = {r["trial"]: r for r in front}
+    trials = [by_id.get(r["trial"], r) for r in trials]
+    write_csv(out / "trials.csv", trials, keys)
+    write_csv(out / "pareto.csv", front, keys)
+    clean = [{k: v for k, v in r.items() if k != "params_"} | {"params": r["params_"]} for r in front]
+    write_json_atomic(out / "pareto.json", {"objectives": ["max val_accuracy", "min latency_p95_ms"], "front": clean,
+                                            "teacher": teacher_rec, "baselines": refs})
+    complete = [r for r in trials if r["state"] == "COMPLETE"]
+    title = (f"{recipe.name}: {len(complete)} trials, front of {len(front)}; batch {recipe.target.batch_size}, "
+             f"{recipe.target.threads} thread(s), {recipe.target.device}")
+    all_refs = {"teacher": teacher_rec, **refs}
+    plot_pareto_png(out / "pareto.png", complete, all_refs, recipe.slo.p95_ms, title)
+    plot_pareto_html(out / "pareto.html", complete, all_refs, recipe.slo.p95_ms, title)
+    _write_artifact(recipe, out, chosen, teacher_rec, summary)
+    if not recipe.search.keep_dominated_models:
+        for r in trials:
+            if not r["pareto"] and r.get("artifact_path"):
+                shutil.rmtree(Path(r["artifact_path"]).parent, ignore_errors=True)
+    write_json_atomic(out / "summary.json", summary)
+
+
+def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary) -> None:
+    staging = out / ".artifact.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    shutil.copyfile(chosen["artifact_path"], staging / "model.onnx")
+    write_text_atomic(staging / "recipe.yaml", with_values(recipe, chosen["params_"]).to_yaml())
+    write_json_atomic(staging / "metrics.json", {"artifact": {k: v for k, v in chosen.items() if k != "params_"},
+                                                 "params": chosen["params_"], "teacher": teacher_rec,
+                                                 "slo_met": summary["slo_met"]})
+    final = out / "artifact"
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
+def print_study_summary(summary: dict) -> None:
+    print()
+    print(summary_table(summary))
+    print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned; "
+          f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
+    for k, b in summary["baselines"].items():
+        print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
+              f"{'dominated by the front' if b['dominated_by_front'] else 'NOT dominated by the front'}")
+    if summary["slo_met"]:
+        print(f"service level met: p95 {summary['artifact']['latency_p95_ms']:.3f} ms <= {summary['slo_p95_ms']} ms")
+    else:
+        print("!" * 78)
+        print(f"!! NO TRIAL MEETS THE SERVICE LEVEL (p95 <= {summary['slo_p95_ms']} ms, accuracy drop <= "
+              f"{summary['slo_max_accuracy_drop_pp']} pp).")
+        print("!! The artifact is the fastest candidate within the accuracy bound; slo_met is false.")
+        print("!! Widen the search space, allow more trials, or relax the service level.")
+        print("!" * 78)

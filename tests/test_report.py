@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from compress.report import dominated_by, pareto_indices, plot_pareto_png, write_csv
+from compress.study import _choose
+
+
+def _brute_force(points):
+    """Sweep by latency (ties: most accurate first), keeping each point that beats every faster one."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
+    front, best = [], -np.inf
+    for i in order:
+        acc, lat = points[i]
+        if acc > best:
+            front.append(i)
+            best = acc
+        elif acc == best and lat == points[front[-1]][1] and points[front[-1]][0] == acc:
+            front.append(i)  # an exact duplicate of a front point is not dominated either
+    return sorted(front)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pareto_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    # Coarse values force ties in accuracy and in latency.
+    points = [(float(a), float(b)) for a, b in zip(rng.integers(0, 8, n) / 8, rng.integers(1, 9, n) / 4)]
+    assert sorted(pareto_indices(points)) == _brute_force(points)
+
+
+def test_pareto_known_case():
+    pts = [(0.90, 1.0), (0.92, 2.0), (0.91, 3.0), (0.80, 0.5), (0.92, 2.5)]
+    assert pareto_indices(pts) == [3, 0, 1]  # fastest first
+
+
+def test_dominated_by():
+    front = [{"test_accuracy": 0.9, "latency_p95_ms": 1.0}]
+    assert dominated_by(front, 0.9, 1.0) and dominated_by(front, 0.85, 2.0)
+    assert not dominated_by(front, 0.91, 2.0) and not dominated_by(front, 0.5, 0.9)
+
+
+def _rec(i, acc, lat, drop_ok=True, feasible=True):
+    return {"trial": i, "val_accuracy": acc, "latency_p95_ms": lat, "feasible": feasible,
+            "constraint": [-1 if feasible else 1, -1 if drop_ok else 1]}
+
+
+def test_choice_is_most_accurate_feasible():
+    front = [_rec(0, 0.80, 0.1), _rec(1, 0.85, 0.2), _rec(2, 0.90, 0.5, feasible=False)]
+    assert _choose(front)["trial"] == 1
+
+
+def test_choice_without_feasible_trial_is_fastest_within_accuracy_bound():
+    front = [_rec(0, 0.70, 0.3, drop_ok=False, feasible=False), _rec(1, 0.88, 0.4, feasible=False),
+             _rec(2, 0.90, 0.9, feasible=False)]
+    assert _choose(front)["trial"] == 1
+    nothing_accurate = [_rec(0, 0.5, 0.3, False, False), _rec(1, 0.6, 0.9, False, False)]
+    assert _choose(nothing_accurate)["trial"] == 1
+
+
+def test_plot_and_csv_from_records_alone(tmp_path):
+    trials = [{"trial": i, "state": "COMPLETE", "feasible": i != 2, "pareto": i < 2, "val_accuracy": 0.8 + i / 100,
+               "test_accuracy": 0.8, "latency_p50_ms": 0.1 * (i + 1), "latency_p95_ms": 0.12 * (i + 1),
+               "params": 10, "macs": 100, "size_bytes": 1, "int8": True, "params_": {"student.width": 8 * (i + 1)}}
+              for i in range(3)]
+    refs = {"teacher": {"val_accuracy": 0.9, "test_accuracy": 0.9, "latency_p95_ms": 2.5, "latency_p50_ms": 2.4,
+                        "params": 1, "macs": 1}}
+    plot_pareto_png(tmp_path / "p.png", trials, refs, 0.25, "t")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    write_csv(tmp_path / "t.csv", trials, ["student.width"])
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert len(lines) == 4 and lines[0].endswith("params.student.width") and lines[3].endswith(",24")

@@ -1,0 +1,146 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import optuna
+import pytest
+
+import compress.search as search_mod
+from compress.recipe import RecipeError, load_recipe
+from compress.study import run_study
+
+OUTPUTS = ["trials.csv", "pareto.csv", "pareto.json", "pareto.html", "pareto.png", "summary.json", "study.db",
+           "recipe.yaml", "artifact/model.onnx", "artifact/recipe.yaml", "artifact/metrics.json"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    os.chdir(os.path.dirname(os.path.dirname(__file__)))
+    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={out}"])
+    return recipe, run_study(recipe)
+
+
+def _trials(recipe):
+    return optuna.load_study(study_name=recipe.name, storage=search_mod.storage_url(recipe)).trials
+
+
+def test_three_trial_search_writes_every_output(tiny_study):
+    recipe, summary = tiny_study
+    for name in OUTPUTS:
+        assert (recipe.out_path / name).is_file(), name
+    on_disk = json.loads((recipe.out_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ["teacher", "artifact", "speedup_p50", "accuracy_drop_pp", "slo_met", "slo_p95_ms", "n_trials_complete",
+                "n_trials_pruned", "pareto_size", "pareto_latency_span", "baselines", "wall_time_s", "machine"]:
+        assert key in summary, key
+    assert summary["n_trials_complete"] + summary["n_trials_pruned"] == 3
+    assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
+    for b in summary["baselines"].values():
+        assert {"test_accuracy", "latency_p50_ms", "latency_p95_ms", "dominated_by_front"} <= set(b)
+    pareto = json.loads((recipe.out_path / "pareto.json").read_text())["front"]
+    assert len(pareto) == summary["pareto_size"] >= 1
+    assert all("test_accuracy" in p and "params" in p for p in pareto)
+    assert summary["pareto_latency_span"] >= 1.0
+    assert "slo_met" in json.loads((recipe.out_path / "artifact" / "metrics.json").read_text())
+    for t in _trials(recipe):
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert {"metrics", "artifact_path"} <= set(t.user_attrs)
+            assert set(t.constraints) == set(search_mod.CONSTRAINTS)
+    html = (recipe.out_path / "pareto.html").read_text()
+    assert "teacher_pruned50" in html and "service level" in html
+
+
+def test_resume_keeps_trials_and_adds_exactly_the_missing_ones(tiny_study):
+    recipe, _ = tiny_study
+    before = {t.number: t.params for t in _trials(recipe)}
+    more = load_recipe("recipes/tiny_search.yaml", [f"output_dir={recipe.output_dir}", "search.n_trials=4"])
+    summary = run_study(more)
+    after = _trials(recipe)
+    done = [t for t in after if t.state in search_mod.DONE]
+    assert len(done) == 4 and summary["n_trials_complete"] + summary["n_trials_pruned"] == 4
+    assert {t.number: t.params for t in after if t.number in before} == before  # nothing redone or changed
+    # Asking again for what is already there runs nothing.
+    run_study(more)
+    assert len(_trials(recipe)) == len(after)
+
+
+def test_interrupted_trial_is_failed_and_its_slot_rerun(tmp_path, monkeypatch):
+    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=2",
+                                                      "search.baselines=false"])
+    real = search_mod.compress_student
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user's Ctrl-C in the middle of the second trial
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "compress_student", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(recipe)
+    assert not (recipe.out_path / "summary.json").exists()  # nothing looks complete
+    states = [t.state for t in _trials(recipe)]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    run_study(recipe)
+    trials = _trials(recipe)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == trials[1].params
+
+
+def test_no_trial_meets_the_service_level(tmp_path, capsys):
+    from compress.study import print_study_summary
+
+    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=2",
+                                                      "search.baselines=false", "slo.p95_ms=0.000001"])
+    summary = run_study(recipe)
+    assert summary["slo_met"] is False
+    for name in OUTPUTS:
+        assert (recipe.out_path / name).is_file(), name
+    front = json.loads((recipe.out_path / "pareto.json").read_text())["front"]
+    # The accuracy bound (100 pp) admits everything, so the choice is the fastest front member.
+    assert summary["artifact"]["latency_p95_ms"] == min(f["latency_p95_ms"] for f in front)
+    print_study_summary(summary)
+    assert "NO TRIAL MEETS THE SERVICE LEVEL" in capsys.readouterr().out
+
+
+def test_resuming_with_a_different_recipe_is_refused(tiny_study):
+    recipe, _ = tiny_study
+    changed = load_recipe("recipes/tiny_search.yaml", [f"output_dir={recipe.output_dir}", "distill.alpha=0.5"])
+    with pytest.raises(RecipeError, match="different recipe"):
+        search_mod.open_study(changed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_dashboard_serves_the_study(tiny_study):
+    recipe, _ = tiny_study
+    port = _free_port()
+    proc = subprocess.Popen(["make", "-s", "dashboard", f"DB={recipe.out_path / 'study.db'}", f"PORT={port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, page = time.time() + 60, None
+        while time.time() < deadline and page is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=2) as r:
+                    page = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, "optuna-dashboard did not answer within 60 s"
+        assert "<html" in page.lower()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+            studies = json.loads(r.read())
+        assert any(s["study_name"] == recipe.name for s in studies["study_summaries"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
