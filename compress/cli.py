@@ -55,6 +55,42 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 1,8,32; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def _cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from compress.latency import environment, sweep
+    from compress.recipe import LatencyConfig
+    from compress.report import bench_table
+
+    models = {}
+    for path in [args.model] + ([args.vs] if args.vs else []):
+        if not Path(path).is_file():
+            raise RecipeError(f"{path}: no such ONNX file")
+        name = Path(path).stem if Path(path).stem not in models else str(path)
+        models[name] = path
+    cfg = LatencyConfig(warmup_runs=args.warmup, min_runs=args.min_runs, max_seconds=args.max_seconds,
+                        max_runs=max(args.min_runs, 20000))
+    rows = sweep(models, cfg, args.batch_sizes, args.threads, args.device)
+    env = environment(args.device)
+    print(f"{env['cpu']}, {env['cores']} cores, flags {' '.join(env['flags'])}; onnxruntime {env['onnxruntime']}; "
+          f"models timed interleaved in one process")
+    baseline = Path(args.vs).stem if args.vs else None
+    print(bench_table(rows, baseline))
+    if baseline:
+        print(f"speedup = {baseline} p50 / model p50 at the same batch size and threads")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="complete + pruned trials to reach (resumed trials count)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("bench", help="measure ONNX models with the product's latency protocol")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--vs", help="a second ONNX model, timed interleaved with the first; prints the ratio")
+    p.add_argument("--batch-sizes", type=_ints, default=[1], help="comma-separated, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=_ints, default=[1], help="comma-separated intra-op threads (default 1)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--min-runs", type=int, default=200)
+    p.add_argument("--max-seconds", type=float, default=5.0, help="time cap per model and setting")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

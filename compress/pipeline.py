@@ -6,8 +6,6 @@ the run has finished, so an interrupted or failed run never leaves a result that
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from compress import __version__
 from compress.data import Dataset, Split, calibration_inputs, load_dataset
 from compress.export import check_parity, export_onnx, onnx_logits
 from compress.io import write_json_atomic, write_text_atomic
-from compress.latency import LatencyStats, compare
+from compress.latency import LatencyStats, compare, environment
 from compress.models import create_model, macs_and_params
 from compress.recipe import Recipe, RecipeError, TargetConfig
 from compress.teacher import load_teacher
@@ -88,22 +86,7 @@ def _model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
 
 
 def machine_info() -> dict:
-    import onnxruntime as ort
-
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
-    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
-            "onnxruntime": ort.__version__, "torch": torch.__version__, "compress": __version__,
-            "python": platform.python_version()}
+    return {**environment(), "compress": __version__}
 
 
 def build_student(recipe: Recipe) -> nn.Module:

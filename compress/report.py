@@ -139,3 +139,22 @@ def plot_pareto_html(path, trials: list[dict], refs: dict[str, dict], slo_p95_ms
     fig.update_layout(title=title, xaxis_title="latency p95 per request (ms)", yaxis_title="validation accuracy (%)",
                       xaxis_type="log", template="plotly_white")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+
+
+def bench_table(rows: list[dict], baseline: str | None = None) -> str:
+    """The `compress bench` table; with ``baseline``, each row's p50 speed-up over it at the same setting."""
+    head = (f"{'model':<16} {'batch':>5} {'thr':>3} {'p50 ms':>8} {'p90':>8} {'p95':>8} {'p99':>8} {'mean':>8} "
+            f"{'std':>7} {'p50 95% CI':>17} {'runs':>5} {'samples/s':>10}" + ("  speedup" if baseline else ""))
+    lines = [head, "-" * len(head)]
+    ref = {(r["batch_size"], r["threads"]): r["p50_ms"] for r in rows if r["model"] == baseline}
+    for r in rows:
+        lo, hi = r["p50_ci95_ms"]
+        line = (f"{r['model'][:16]:<16} {r['batch_size']:>5} {r['threads']:>3} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} "
+                f"{r['p95_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['mean_ms']:>8.3f} {r['std_ms']:>7.3f} "
+                f"{f'[{lo:.3f}, {hi:.3f}]':>17} {r['n_runs']:>5} {r['throughput_sps']:>10.0f}")
+        if baseline:
+            line += f"  {ref[(r['batch_size'], r['threads'])] / r['p50_ms']:>6.2f}x"
+        if r.get("noisy"):
+            line += "  (noisy)"
+        lines.append(line)
+    return "\n".join(lines)

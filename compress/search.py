@@ -120,7 +120,8 @@ def _requeue_interrupted(study: optuna.Study) -> int:
     retried = {t.user_attrs.get("retry_of") for t in study.trials}
     n = 0
     for t in study.trials:
-        if t.state == TrialState.FAIL and t.number not in retried and "retry_of" not in t.user_attrs and t.params:
+        if (t.state == TrialState.FAIL and t.number not in retried and "retry_of" not in t.user_attrs and t.params
+                and "failed" not in t.user_attrs):  # a parity failure would only fail again
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             n += 1
     return n
@@ -140,7 +141,8 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
         elif isinstance(spec, list):
             values[key] = trial.suggest_categorical(key, spec)
         else:
-            values[key] = spec
+            # A one-choice categorical: fixed, yet recorded in trial.params with the rest.
+            values[key] = trial.suggest_categorical(key, [spec])
     return values
 
 
@@ -187,8 +189,10 @@ class Objective:
         except optuna.TrialPruned:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        except BaseException:
+        except BaseException as err:
             curves.tell(curve, state=TrialState.FAIL)
+            if isinstance(err, Exception):
+                trial.set_user_attr("failed", f"{type(err).__name__}: {str(err)[:500]}")
             raise
         final = stages[-1]
         model = work / "model.onnx"

@@ -52,8 +52,12 @@ def load_teacher(cfg: TeacherConfig) -> tuple[nn.Module, dict]:
                            f"{expected[:16]}...: the file was altered or is a different teacher; {_retrain_hint(cfg)}")
     try:
         blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model = create_model(blob["model"], **blob["model_kwargs"])
-        model.load_state_dict(blob["state_dict"])
+        if "state_dict" in blob:  # ours: it names its own family and kwargs
+            model = create_model(blob["model"], **blob["model_kwargs"])
+            model.load_state_dict(blob["state_dict"])
+        else:  # a plain state_dict from the user's own training: the recipe names the architecture
+            model = create_model(cfg.model, **cfg.model_kwargs)
+            model.load_state_dict(blob)
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
         raise TeacherError(f"teacher.checkpoint {ckpt} could not be loaded ({type(err).__name__}: "
                            f"{str(err)[:200]}); {_retrain_hint(cfg)}") from None

@@ -41,3 +41,26 @@ def test_compare_times_models_interleaved(tmp_path):
     assert res["small"].batch_size == 2 and res["small"].threads == 1
     for s in res.values():
         assert 0 < s.p50_ms <= s.p95_ms <= s.p99_ms
+
+
+def test_noise_flag_follows_the_confidence_interval():
+    rng = np.random.default_rng(1)
+    assert not stats_from_samples(1.0 + rng.normal(0, 0.01, 2000), 1, 1).noisy
+    assert stats_from_samples(rng.lognormal(0, 1.0, 50), 1, 1).noisy
+
+
+def test_bench_command_prints_table_and_ratio(tmp_path):
+    import subprocess
+    import sys
+
+    a = export_onnx(create_model("cnn", width=4, depth=1), tmp_path / "small.onnx")
+    b = export_onnx(create_model("cnn", width=16, depth=1), tmp_path / "big.onnx")
+    proc = subprocess.run([sys.executable, "-m", "compress", "bench", str(a), "--vs", str(b), "--batch-sizes", "1,4",
+                           "--min-runs", "30", "--max-seconds", "0.2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("small", "big"))]
+    assert len(rows) == 4 and all(line.rstrip().split()[-1].endswith("x") or "noisy" in line for line in rows)
+    assert "speedup = big p50 / model p50" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "compress", "bench", str(tmp_path / "none.onnx")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such ONNX file" in bad.stderr

@@ -73,3 +73,16 @@ def test_teacher_command_writes_checkpoint_onnx_and_metrics(tmp_path):
     assert len(info["val_accuracy_per_epoch"]) == 1 and 0 <= info["test_accuracy"] <= 1
     model, _ = load_teacher(recipe.teacher)
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_plain_state_dict_checkpoint_with_architecture_from_recipe(tmp_path):
+    from compress.models import create_model
+
+    model = create_model("tv:resnet18", in_channels=1, num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "mine.pt")
+    cfg = TeacherConfig(model="tv:resnet18", model_kwargs={"in_channels": 1}, checkpoint=str(tmp_path / "mine.pt"))
+    loaded, info = load_teacher(cfg)
+    assert loaded(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and len(info["sha256"]) == 64
+    wrong = TeacherConfig(model="cnn", checkpoint=str(tmp_path / "mine.pt"))
+    with pytest.raises(TeacherError, match="could not be loaded"):
+        load_teacher(wrong)
