@@ -145,10 +145,45 @@ class SearchConfig(_Section):
     space: dict[str, Any] = Field(default_factory=dict)
 
 
+class BatchRequirement(_Section):
+    """Score ``records`` within ``hours``: implies a throughput of records / (hours * 3600) samples/s."""
+
+    records: int = Field(ge=1)
+    hours: float = Field(gt=0)
+    # Cores the job may use; a candidate that would need more is infeasible. None: any number (it just costs).
+    max_cores: int | None = Field(None, ge=1)
+
+    @property
+    def required_sps(self) -> float:
+        return self.records / (self.hours * 3600.0)
+
+
 class ServiceLevel(_Section):
-    p95_ms: float | None = Field(None, gt=0)  # per-request p95 bound at target.batch_size and threads
+    """The requirement, online (p95 per request) and/or batch (records by a deadline)."""
+
+    p95_ms: float | None = Field(None, gt=0)  # online: per-request p95 at target.batch_size and target.threads
+    concurrency: int = Field(1, ge=1)  # online: requests in flight at once at peak; one replica each
+    requests_per_s: float | None = Field(None, gt=0)  # online: peak load, for the capacity plan
+    batch: BatchRequirement | None = None
     # Largest allowed validation-accuracy drop from the teacher, in percentage points.
     max_accuracy_drop_pp: float | None = Field(None, ge=0)
+
+
+class CostConfig(_Section):
+    # Prices for the plan; defaults are typical on-demand cloud list prices, replace them with yours.
+    cpu_core_hour: float = Field(0.048, ge=0)  # per vCPU-hour
+    gpu_hour: float = Field(2.50, ge=0)  # per GPU-hour
+    currency: str = "USD"
+
+
+class CapacityConfig(_Section):
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32, 128], min_length=1)
+    threads: list[int] | None = None  # None: 1 .. all cores
+    # Online replicas are sized to run at most this busy: queueing keeps p95 near the measured one only
+    # well below saturation.
+    target_utilization: float = Field(0.7, gt=0, le=1)
+    max_seconds: float = Field(1.0, gt=0)  # per model and setting
 
 
 class Recipe(_Section):
@@ -166,6 +201,8 @@ class Recipe(_Section):
     latency: LatencyConfig = LatencyConfig()
     search: SearchConfig = SearchConfig()
     slo: ServiceLevel = ServiceLevel()
+    cost: CostConfig = CostConfig()
+    capacity: CapacityConfig = CapacityConfig()
 
     @property
     def out_path(self) -> Path:
@@ -227,7 +264,8 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     return recipe
 
 
-NOT_SEARCHABLE = ("name", "output_dir", "search", "slo", "data", "teacher", "target", "latency", "export")
+NOT_SEARCHABLE = ("name", "output_dir", "search", "slo", "data", "teacher", "target", "latency", "export", "cost",
+                  "capacity")
 
 
 def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:

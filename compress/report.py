@@ -158,3 +158,21 @@ def bench_table(rows: list[dict], baseline: str | None = None) -> str:
             line += "  (noisy)"
         lines.append(line)
     return "\n".join(lines)
+
+
+def write_csv_rows(path, rows: list[dict]) -> None:
+    """Rows of flat dicts (the capacity sweep) as CSV, columns in first-seen order."""
+    import csv
+    import io
+
+    from compress.io import write_text_atomic
+
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v[0]:.6g}-{v[1]:.6g}" if isinstance(v, (tuple, list)) else v) for k, v in r.items()})
+    write_text_atomic(path, buf.getvalue())

@@ -49,7 +49,7 @@ def search_fingerprint(recipe: Recipe) -> str:
     return Recipe.model_validate(data).fingerprint()
 
 
-CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max")
+CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over_max")
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -57,11 +57,18 @@ def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return [trial.constraints.get(k, 1.0) for k in CONSTRAINTS]
 
 
-def constraint_values(val_accuracy: float, p95_ms: float, teacher_val_accuracy: float, recipe: Recipe) -> list[float]:
+def constraint_values(val_accuracy: float, p95_ms: float, throughput_sps: float, teacher_val_accuracy: float,
+                      recipe: Recipe) -> list[float]:
+    """Online p95 bound, accuracy bound, and (batch form) cores needed at the measured per-core throughput."""
     slo = recipe.slo
     drop_pp = 100.0 * (teacher_val_accuracy - val_accuracy)
+    cores_over = -1.0
+    if slo.batch and slo.batch.max_cores:
+        per_core = throughput_sps / recipe.target.threads
+        cores_over = math.ceil(slo.batch.required_sps / per_core) - slo.batch.max_cores
     return [p95_ms - slo.p95_ms if slo.p95_ms is not None else -1.0,
-            drop_pp - slo.max_accuracy_drop_pp if slo.max_accuracy_drop_pp is not None else -1.0]
+            drop_pp - slo.max_accuracy_drop_pp if slo.max_accuracy_drop_pp is not None else -1.0,
+            float(cores_over)]
 
 
 def _sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
@@ -208,7 +215,7 @@ class Objective:
                    "stage": final.name, "parity": final.parity}
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("artifact_path", str(model))
-        for name, value in zip(CONSTRAINTS, constraint_values(val, lat.p95_ms, self.teacher_val_accuracy, r)):
+        for name, value in zip(CONSTRAINTS, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r)):
             trial.set_constraint(name, value)
         return val, lat.p95_ms
 

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress import baselines as bl
+from compress.capacity import capacity_markdown, plan_for
 from compress.data import load_dataset
 from compress.export import export_onnx
 from compress.io import write_json_atomic, write_text_atomic
@@ -26,7 +27,7 @@ from compress.latency import compare
 from compress.pipeline import check_target, machine_info, summarize
 from compress.recipe import Recipe, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
-                             write_csv)
+                             write_csv, write_csv_rows)
 from compress.search import DONE, _accuracy, constraint_values, constraints, optimize
 from compress.teacher import load_teacher
 
@@ -96,7 +97,8 @@ def run_study(recipe: Recipe) -> dict:
     teacher_rec = _with_latency(teacher_rec, lat["teacher"])
     for r in front:
         r.update(_with_latency({}, lat[f"trial_{r['trial']}"]))
-        r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], teacher_rec["val_accuracy"], recipe)
+        r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
+                                            teacher_rec["val_accuracy"], recipe)
         r["feasible"] = max(r["constraint"]) <= 0
     chosen = _choose(front)
     chosen["chosen"] = True
@@ -104,9 +106,30 @@ def run_study(recipe: Recipe) -> dict:
     for r in refs.values():
         r["dominated_by_front"] = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"])
 
+    plans = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else []
     summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
+    summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
+    summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
     _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary)
     return summary
+
+
+def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path, front: list[dict]) -> list[dict]:
+    import os
+
+    tqdm.write(f"capacity sweep: teacher and {len(front)} Pareto model(s) over batch sizes "
+               f"{recipe.capacity.batch_sizes} and threads {recipe.capacity.threads or 'all'}")
+    plans, rows = [], []
+    cores = os.cpu_count() or 1
+    for name, onnx, rec in [("teacher", teacher_onnx, teacher_rec)] + [
+            (f"trial_{r['trial']}", Path(r["artifact_path"]), r) for r in front]:
+        plan, sweep_rows = plan_for(name, onnx, rec, recipe, cores)
+        plan["chosen"] = bool(rec.get("chosen"))
+        plans.append(plan)
+        rows += sweep_rows
+    write_csv_rows(out / "capacity.csv", rows)
+    write_text_atomic(out / "capacity.md", capacity_markdown(plans, recipe))
+    return plans
 
 
 def _choose(front: list[dict]) -> dict:
@@ -200,6 +223,11 @@ def print_study_summary(summary: dict) -> None:
     for k, b in summary["baselines"].items():
         print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
               f"{'dominated by the front' if b['dominated_by_front'] else 'NOT dominated by the front'}")
+    cap, tcap = summary.get("capacity"), summary.get("capacity_teacher")
+    if cap and tcap and "batch" in cap:
+        print(f"batch requirement: teacher needs {tcap['batch']['cores']} cores ({tcap['batch']['cost_per_run']:.2f} "
+              f"per run), the artifact {cap['batch']['cores']} ({cap['batch']['cost_per_run']:.2f} per run); "
+              "see capacity.md")
     if summary["slo_met"]:
         print(f"service level met: p95 {summary['artifact']['latency_p95_ms']:.3f} ms <= {summary['slo_p95_ms']} ms")
     else:

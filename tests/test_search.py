@@ -14,7 +14,8 @@ from compress.recipe import RecipeError, load_recipe
 from compress.study import run_study
 
 OUTPUTS = ["trials.csv", "pareto.csv", "pareto.json", "pareto.html", "pareto.png", "summary.json", "study.db",
-           "recipe.yaml", "artifact/model.onnx", "artifact/recipe.yaml", "artifact/metrics.json"]
+           "recipe.yaml", "artifact/model.onnx", "artifact/recipe.yaml", "artifact/metrics.json", "capacity.csv",
+           "capacity.md"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,10 @@ def test_three_trial_search_writes_every_output(tiny_study):
     assert all("test_accuracy" in p and "params" in p for p in pareto)
     assert summary["pareto_latency_span"] >= 1.0
     assert "slo_met" in json.loads((recipe.out_path / "artifact" / "metrics.json").read_text())
+    cap = summary["capacity"]
+    assert cap["model"] == f"trial_{summary['chosen_trial']}" and cap["batch"]["cores"] >= 1
+    assert summary["capacity_teacher"]["batch"]["cores"] >= cap["batch"]["cores"]
+    assert "The teacher needs" in (recipe.out_path / "capacity.md").read_text()
     for t in _trials(recipe):
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert {"metrics", "artifact_path"} <= set(t.user_attrs)
