@@ -76,18 +76,31 @@ def _cmd_bench(args) -> int:
     for path in [args.model] + ([args.vs] if args.vs else []):
         if not Path(path).is_file():
             raise RecipeError(f"{path}: no such ONNX file")
-        name = Path(path).stem if Path(path).stem not in models else str(path)
+        name = Path(path).stem if Path(path).stem not in models else str(path)  # two model.onnx files
         models[name] = path
+    baseline = list(models)[1] if args.vs else None
     cfg = LatencyConfig(warmup_runs=args.warmup, min_runs=args.min_runs, max_seconds=args.max_seconds,
                         max_runs=max(args.min_runs, 20000))
     rows = sweep(models, cfg, args.batch_sizes, args.threads, args.device)
     env = environment(args.device)
     print(f"{env['cpu']}, {env['cores']} cores, flags {' '.join(env['flags'])}; onnxruntime {env['onnxruntime']}; "
           f"models timed interleaved in one process")
-    baseline = Path(args.vs).stem if args.vs else None
+    if args.json:
+        from compress.io import write_json_atomic
+
+        write_json_atomic(args.json, {"rows": rows, "environment": env, "baseline": baseline})
     print(bench_table(rows, baseline))
     if baseline:
         print(f"speedup = {baseline} p50 / model p50 at the same batch size and threads")
+    return 0
+
+
+def _cmd_stability(args) -> int:
+    from compress.stability import stability
+
+    r = stability(args.teacher, args.artifact, args.processes, args.max_seconds, args.out)
+    print(f"p50 CV teacher {100 * r['p50_cv_teacher']:.2f}%, artifact {100 * r['p50_cv_artifact']:.2f}%, "
+          f"speedup CV {100 * r['speedup_cv']:.2f}% over {r['processes']} processes -> {args.out}")
     return 0
 
 
@@ -115,7 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--min-runs", type=int, default=200)
     p.add_argument("--max-seconds", type=float, default=5.0, help="time cap per model and setting")
+    p.add_argument("--json", help="also write the rows and the environment to this JSON file")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("stability", help="measure a teacher/artifact pair in N separate processes; CV of p50 and ratio")
+    p.add_argument("teacher", help="the slower (reference) ONNX model")
+    p.add_argument("artifact", help="the compressed ONNX model")
+    p.add_argument("--processes", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=5.0)
+    p.add_argument("--out", default="results/latency_stability.json")
+    p.set_defaults(func=_cmd_stability)
     return parser
 
 

@@ -64,3 +64,17 @@ def test_bench_command_prints_table_and_ratio(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "compress", "bench", str(tmp_path / "none.onnx")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no such ONNX file" in bad.stderr
+
+
+def test_stability_over_processes(tmp_path):
+    from compress.stability import stability
+
+    # Same file name in two folders: the reference must still be told apart from the candidate.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    small = export_onnx(create_model("cnn", width=4, depth=1), tmp_path / "a" / "model.onnx")
+    big = export_onnx(create_model("cnn", width=32, depth=2), tmp_path / "b" / "model.onnx")
+    r = stability(str(big), str(small), processes=2, max_seconds=0.2, out=str(tmp_path / "s.json"))
+    assert len(r["runs"]) == 2 and all(run["speedup"] > 1 for run in r["runs"])
+    assert {"p50_cv_teacher", "p50_cv_artifact", "speedup_cv"} <= set(r)
+    assert (tmp_path / "s.json").is_file()
