@@ -51,7 +51,9 @@ def _cmd_search(args) -> int:
     summary = run_study(recipe)
     print_study_summary(summary)
     print(f"\nresults: {recipe.out_path}/  (pareto.png, pareto.html, pareto.csv, trials.csv, summary.json)")
-    print(f"artifact: {recipe.out_path / 'artifact'}/")
+    bundle = recipe.out_path / "artifact"
+    print(f"\nservable bundle: {bundle}/  (model.onnx, MODEL_CARD.md, manifest.json, samples/, triton/)")
+    print(f"verify it:       compress verify {bundle}")
     return 0
 
 
@@ -104,6 +106,28 @@ def _cmd_stability(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from compress.artifact import verify
+
+    problems = verify(args.bundle, data_root=args.data, latency_seconds=args.latency_seconds)
+    return 1 if problems else 0
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from compress.artifact import predict
+
+    results = predict(args.bundle, args.inputs)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"{r['input']}: {r['label']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in top) + ")")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,23 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=5.0)
     p.add_argument("--out", default="results/latency_stability.json")
     p.set_defaults(func=_cmd_stability)
+    p = sub.add_parser("verify", help="check an artifact bundle: hashes, sample outputs, latency here, test accuracy")
+    p.add_argument("bundle", help="the artifact folder, e.g. results/fashion_mnist/artifact")
+    p.add_argument("--data", help="folder with the t10k IDX files (default: .data/ or Debian's package)")
+    p.add_argument("--latency-seconds", type=float, default=3.0)
+    p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("predict", help="label images (PNG/JPEG) or .npy arrays with an artifact bundle")
+    p.add_argument("bundle")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--json", action="store_true", help="print labels and all probabilities as JSON")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from compress.data import DatasetError
-    from compress.export import ParityError
-    from compress.teacher import TeacherError
+    from compress.errors import BundleError, CompressError, ParityError
 
     try:
         return args.func(args)
-    except (RecipeError, DatasetError, TeacherError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except ParityError as err:
         print(f"error: parity check failed, nothing was written to results/: {err}", file=sys.stderr)
         return 1
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (RecipeError, CompressError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; nothing partial was left in results/ (outputs are written at the end, atomically)",
               file=sys.stderr)

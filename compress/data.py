@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from compress.recipe import DataConfig
+from compress.errors import DatasetError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(".data")
@@ -26,8 +27,6 @@ LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shir
 INPUT_SHAPE = (1, 28, 28)
 
 
-class DatasetError(RuntimeError):
-    """The dataset is missing or unreadable; the message says how to get it."""
 
 
 @dataclass(frozen=True)

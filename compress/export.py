@@ -10,12 +10,11 @@ import torch
 import torch.nn as nn
 
 from compress.data import INPUT_SHAPE, Split
+from compress.errors import ParityError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-class ParityError(RuntimeError):
-    """The exported model does not compute what the PyTorch model computes."""
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:

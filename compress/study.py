@@ -22,7 +22,7 @@ from compress import baselines as bl
 from compress.capacity import capacity_markdown, plan_for
 from compress.data import load_dataset
 from compress.export import export_onnx
-from compress.io import write_json_atomic, write_text_atomic
+from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare
 from compress.pipeline import check_target, machine_info, summarize
 from compress.recipe import Recipe, with_values
@@ -106,11 +106,12 @@ def run_study(recipe: Recipe) -> dict:
     for r in refs.values():
         r["dominated_by_front"] = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"])
 
-    plans = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else []
+    plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
     summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
-    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary)
+    chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
+    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows)
     return summary
 
 
@@ -129,7 +130,7 @@ def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path, 
         rows += sweep_rows
     write_csv_rows(out / "capacity.csv", rows)
     write_text_atomic(out / "capacity.md", capacity_markdown(plans, recipe))
-    return plans
+    return plans, rows
 
 
 def _choose(front: list[dict]) -> dict:
@@ -175,7 +176,7 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
     return summary
 
 
-def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary) -> None:
+def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary, data, sweep_rows) -> None:
     keys = list(recipe.search.space)
     front_ids = {r["trial"] for r in front}
     for r in trials:
@@ -193,7 +194,7 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
     all_refs = {"teacher": teacher_rec, **refs}
     plot_pareto_png(out / "pareto.png", complete, all_refs, recipe.slo.p95_ms, title)
     plot_pareto_html(out / "pareto.html", complete, all_refs, recipe.slo.p95_ms, title)
-    _write_artifact(recipe, out, chosen, teacher_rec, summary)
+    _write_artifact(recipe, out, chosen, teacher_rec, summary, data, sweep_rows)
     if not recipe.search.keep_dominated_models:
         for r in trials:
             if not r["pareto"] and r.get("artifact_path"):
@@ -201,18 +202,46 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
     write_json_atomic(out / "summary.json", summary)
 
 
-def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary) -> None:
-    staging = out / ".artifact.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    shutil.copyfile(chosen["artifact_path"], staging / "model.onnx")
-    write_text_atomic(staging / "recipe.yaml", with_values(recipe, chosen["params_"]).to_yaml())
-    write_json_atomic(staging / "metrics.json", {"artifact": {k: v for k, v in chosen.items() if k != "params_"},
-                                                 "params": chosen["params_"], "teacher": teacher_rec,
-                                                 "slo_met": summary["slo_met"]})
-    final = out / "artifact"
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep_rows) -> None:
+    from compress.artifact import write_bundle
+    from compress.data import LABELS, MEAN, STD
+    from compress.export import onnx_logits
+
+    model = Path(chosen["artifact_path"])
+    made = with_values(recipe, chosen["params_"])
+    x = data.test.inputs(slice(0, 8)).numpy()
+    lat = chosen["latency"]
+    parity = chosen.get("parity", {})
+    manifest = {
+        "format": "compress-bundle/1", "name": recipe.name, "task": "image classification (Fashion-MNIST)",
+        "labels": list(LABELS),
+        "compression": ", ".join(k for k, on in [("knowledge distillation", made.distill.enabled),
+                                                  ("structured pruning", made.prune.enabled),
+                                                  ("int8 static quantization", chosen["int8"])] if on) or "architecture only",
+        "format_note": "int8, QDQ/QOperator static quantization" if chosen["int8"] else "fp32",
+        "input": {"name": "input", "shape": ["batch", 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": "logits", "shape": ["batch", len(LABELS)],
+                   "meaning": "unnormalised class scores (logits); softmax gives probabilities"},
+        "preprocessing": {"description": "28x28 grayscale uint8 pixels (0 = background), scaled to [0, 1], then "
+                                         "normalised by the training set's mean and std", "scale": 1 / 255,
+                          "mean": MEAN, "std": STD},
+        "metrics": {"val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
+                    "teacher_val_accuracy": teacher_rec["val_accuracy"],
+                    "teacher_test_accuracy": teacher_rec["test_accuracy"], "test_size": len(data.test),
+                    "params": chosen["params"], "macs": chosen["macs"]},
+        "latency": lat, "teacher_latency": teacher_rec["latency"], "speedup_p50": summary["speedup_p50"],
+        "machine": summary["machine"],
+        "service_level": {"p95_ms": recipe.slo.p95_ms, "max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
+                          "batch": recipe.slo.batch.model_dump() if recipe.slo.batch else None, "met": summary["slo_met"]},
+        "capacity": summary.get("capacity"), "currency": recipe.cost.currency,
+        "trial": {"number": chosen["trial"], "params": chosen["params_"]},
+        "recipe": made.to_dict(),
+        "lineage": {"teacher_sha256": summary["teacher_sha256"], "dataset_fingerprint": summary["data_fingerprint"],
+                    "calibration_fingerprint": parity.get("calibration_fingerprint"), "seed": recipe.seed,
+                    "model_sha256_before_metadata": sha256_file(model)},
+    }
+    write_bundle(out / "artifact", model, manifest, (x, onnx_logits(model, x)), data.test.images[:8].numpy(),
+                 sweep_rows)
 
 
 def print_study_summary(summary: dict) -> None:

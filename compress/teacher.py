@@ -19,10 +19,9 @@ from compress.data import Dataset
 from compress.io import read_json, sha256_file, write_json_atomic
 from compress.models import create_model, macs_and_params
 from compress.recipe import Recipe, TeacherConfig
+from compress.errors import TeacherError
 
 
-class TeacherError(RuntimeError):
-    """The teacher checkpoint is missing, altered or unreadable; the message says how to fix it."""
 
 
 def info_path(checkpoint: str | Path) -> Path:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,15 @@ def tiny_data():
 def _repo_cwd(monkeypatch):
     # Recipes name paths relative to the repository root (teachers/, results/).
     monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """One 3-trial search on recipes/tiny_search.yaml, shared by the search and bundle tests."""
+    from compress.recipe import load_recipe
+    from compress.study import run_study
+
+    out = tmp_path_factory.mktemp("study")
+    os.chdir(ROOT)
+    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={out}"])
+    return recipe, run_study(recipe)

@@ -13,17 +13,10 @@ import compress.search as search_mod
 from compress.recipe import RecipeError, load_recipe
 from compress.study import run_study
 
-OUTPUTS = ["trials.csv", "pareto.csv", "pareto.json", "pareto.html", "pareto.png", "summary.json", "study.db",
+OUTPUTS = [  # tiny_study: the session fixture in conftest.py
+"trials.csv", "pareto.csv", "pareto.json", "pareto.html", "pareto.png", "summary.json", "study.db",
            "recipe.yaml", "artifact/model.onnx", "artifact/recipe.yaml", "artifact/metrics.json", "capacity.csv",
            "capacity.md"]
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("study")
-    os.chdir(os.path.dirname(os.path.dirname(__file__)))
-    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={out}"])
-    return recipe, run_study(recipe)
 
 
 def _trials(recipe):
