@@ -214,7 +214,7 @@ class Objective:
                    "latency_p95_ms": lat.p95_ms, "latency_p99_ms": lat.p99_ms, "throughput_sps": lat.throughput_sps,
                    "stage": final.name, "parity": final.parity}
         trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("artifact_path", str(model))
+        trial.set_user_attr("artifact_path", str(model.relative_to(self.recipe.out_path)))  # relocatable study
         for name, value in zip(CONSTRAINTS, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r)):
             trial.set_constraint(name, value)
         return val, lat.p95_ms

@@ -24,20 +24,22 @@ from compress.data import load_dataset
 from compress.export import export_onnx
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare
+from compress.models import macs_and_params
 from compress.pipeline import check_target, machine_info, summarize
-from compress.recipe import Recipe, with_values
+from compress.recipe import Recipe, RecipeError, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
-from compress.search import DONE, _accuracy, constraint_values, constraints, optimize
+from compress.search import DONE, _accuracy, constraint_values, constraints, optimize, storage_url
 from compress.teacher import load_teacher
 
 
-def _trial_record(t: optuna.trial.FrozenTrial) -> dict:
+def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
     m = t.user_attrs.get("metrics", {})
     constraint = constraints(t)
     return {"trial": t.number, "state": t.state.name, "params_": dict(t.params), **m, "constraint": constraint,
             "feasible": t.state == TrialState.COMPLETE and max(constraint) <= 0,
-            "pareto": False, "artifact_path": t.user_attrs.get("artifact_path"),
+            "pareto": False,
+            "artifact_path": str(out / t.user_attrs["artifact_path"]) if "artifact_path" in t.user_attrs else None,
             "latency_measured": "trial" if m else None}
 
 
@@ -61,22 +63,27 @@ def run_study(recipe: Recipe) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # present only once this run's report is complete
     write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
-    teacher_onnx = out / "teacher.onnx"
-    if not teacher_onnx.is_file():
-        export_onnx(teacher, teacher_onnx, recipe.export.opset)
+    teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset)  # cheap; never stale
+    macs, params = macs_and_params(teacher)
     teacher_rec = {"name": "teacher", "val_accuracy": _accuracy(teacher_onnx, data.val),
-                   "test_accuracy": _accuracy(teacher_onnx, data.test), "params": tinfo.get("params"),
-                   "macs": tinfo.get("macs"), "size_bytes": teacher_onnx.stat().st_size, "int8": False}
+                   "test_accuracy": _accuracy(teacher_onnx, data.test), "params": params,
+                   "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
 
     study = optimize(recipe, data, teacher, tinfo, teacher_rec["val_accuracy"])
 
-    trials = [_trial_record(t) for t in study.trials]
+    trials = [_trial_record(t, out) for t in study.trials]
     complete = [r for r in trials if r["state"] == "COMPLETE"]
     if not complete:
         raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
     for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
         complete[i]["pareto"] = True
     front = [r for r in complete if r["pareto"]]
+    missing = [r for r in front if not Path(r["artifact_path"]).is_file()]
+    if missing:
+        raise RecipeError(
+            f"study {recipe.name!r}: the model files of Pareto trial(s) {[r['trial'] for r in missing]} are gone "
+            f"(e.g. {missing[0]['artifact_path']}); the study cannot be finished from its database alone. Restore "
+            f"them, or delete {storage_url(recipe)} (and {out / 'trials'}) to search again.")
     chosen = _choose(front)
     chosen_recipe = with_values(recipe, chosen["params_"])
 
@@ -115,7 +122,8 @@ def run_study(recipe: Recipe) -> dict:
     return summary
 
 
-def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path, front: list[dict]) -> list[dict]:
+def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path,
+              front: list[dict]) -> tuple[list[dict], list[dict]]:
     import os
 
     tqdm.write(f"capacity sweep: teacher and {len(front)} Pareto model(s) over batch sizes "

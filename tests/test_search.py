@@ -142,3 +142,14 @@ def test_make_dashboard_serves_the_study(tiny_study):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_missing_front_model_is_a_clear_error(tiny_study, tmp_path):
+    recipe, _ = tiny_study
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(recipe.out_path, copy / recipe.name, ignore=shutil.ignore_patterns("trials"))
+    moved = load_recipe("recipes/tiny_search.yaml", [f"output_dir={copy}", "search.n_trials=4"])
+    with pytest.raises(RecipeError, match="model files of Pareto trial"):
+        run_study(moved)
