@@ -100,7 +100,7 @@ def _cmd_bench(args) -> int:
 def _cmd_stability(args) -> int:
     from compress.stability import stability
 
-    r = stability(args.teacher, args.artifact, args.processes, args.max_seconds, args.out)
+    r = stability(args.teacher, args.artifact, args.processes, args.max_seconds, args.out, args.min_runs)
     print(f"p50 CV teacher {100 * r['p50_cv_teacher']:.2f}%, artifact {100 * r['p50_cv_artifact']:.2f}%, "
           f"speedup CV {100 * r['speedup_cv']:.2f}% over {r['processes']} processes -> {args.out}")
     return 0
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="the compressed ONNX model")
     p.add_argument("--processes", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=5.0)
+    p.add_argument("--min-runs", type=int, default=1000, help="timed runs per model and process, at least")
     p.add_argument("--out", default="results/latency_stability.json")
     p.set_defaults(func=_cmd_stability)
     p = sub.add_parser("verify", help="check an artifact bundle: hashes, sample outputs, latency here, test accuracy")

@@ -98,8 +98,7 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
     sessions = {k: make_session(p, threads, device) for k, p in models.items()}
     feeds = {k: _input_for(s, batch_size) for k, s in sessions.items()}
     for k, s in sessions.items():
-        for _ in range(cfg.warmup_runs):
-            s.run(None, feeds[k])
+        _warm_up(s, feeds[k], cfg.warmup_runs)
     result: dict[str, LatencyStats] = {}
     for attempt in range(1, ATTEMPTS + 1):
         samples = _timed_rounds(sessions, feeds, cfg, cfg.max_seconds * len(sessions) * attempt, batch_size, threads)
@@ -107,6 +106,24 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
         if not any(s.noisy for s in result.values()):
             break
     return result
+
+
+def _warm_up(sess, feed, runs: int, window: int = 20, max_windows: int = 25) -> None:
+    """``runs`` untimed runs, then windows of ``window`` until two successive window medians agree within 2%
+    (caches, allocator and clock have settled), at most ``max_windows`` windows."""
+    for _ in range(runs):
+        sess.run(None, feed)
+    prev = None
+    for _ in range(max_windows):
+        times = []
+        for _ in range(window):
+            t0 = time.perf_counter_ns()
+            sess.run(None, feed)
+            times.append(time.perf_counter_ns() - t0)
+        med = float(np.median(times))
+        if prev is not None and abs(med - prev) <= 0.02 * prev:
+            return
+        prev = med
 
 
 def _timed_rounds(sessions, feeds, cfg: LatencyConfig, budget: float, batch_size: int, threads: int):

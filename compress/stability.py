@@ -21,13 +21,14 @@ def _cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
 
 
-def stability(teacher: str, artifact: str, processes: int = 5, max_seconds: float = 5.0, out: str | None = None) -> dict:
+def stability(teacher: str, artifact: str, processes: int = 5, max_seconds: float = 5.0, out: str | None = None,
+              min_runs: int = 200) -> dict:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(processes):
             path = Path(tmp) / f"{i}.json"
             cmd = [sys.executable, "-m", "compress", "bench", artifact, "--vs", teacher, "--max-seconds",
-                   str(max_seconds), "--json", str(path)]
+                   str(max_seconds), "--min-runs", str(min_runs), "--json", str(path)]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             report = json.loads(path.read_text())
             t = next(r for r in report["rows"] if r["model"] == report["baseline"])
@@ -42,6 +43,7 @@ def stability(teacher: str, artifact: str, processes: int = 5, max_seconds: floa
         "p50_cv_artifact": _cv([r["p50_artifact_ms"] for r in runs]),
         "speedup_cv": _cv([r["speedup"] for r in runs]),
         "processes": processes,
+        "min_runs": min_runs,
         "teacher": teacher,
         "artifact": artifact,
         "runs": runs,
