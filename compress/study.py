@@ -107,6 +107,11 @@ def run_study(recipe: Recipe) -> dict:
         r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
                                             teacher_rec["val_accuracy"], recipe)
         r["feasible"] = max(r["constraint"]) <= 0
+    # The exact numbers can reorder close neighbours: a member now dominated leaves the front.
+    keep = set(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in front]))
+    for i, r in enumerate(front):
+        r["pareto"] = i in keep
+    front = [r for r in front if r["pareto"]]
     chosen = _choose(front)
     chosen["chosen"] = True
     refs = {k: _with_latency(_ref_record(k, s.onnx, s, data), lat[k]) for k, s in refs_stages.items()}
@@ -164,6 +169,10 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "slo_p95_ms": recipe.slo.p95_ms,
         "slo_max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
         "chosen_trial": chosen["trial"],
+        "chosen_because": ("most accurate trial meeting the service level" if chosen["feasible"] else
+                           "no trial meets the service level: fastest within the accuracy bound"
+                           if chosen["constraint"][1] <= 0 else
+                           "no trial meets the service level nor the accuracy bound: most accurate trial"),
         "chosen_params": chosen["params_"],
         "n_trials_complete": states.count(TrialState.COMPLETE),
         "n_trials_pruned": states.count(TrialState.PRUNED),
@@ -271,6 +280,6 @@ def print_study_summary(summary: dict) -> None:
         print("!" * 78)
         print(f"!! NO TRIAL MEETS THE SERVICE LEVEL (p95 <= {summary['slo_p95_ms']} ms, accuracy drop <= "
               f"{summary['slo_max_accuracy_drop_pp']} pp).")
-        print("!! The artifact is the fastest candidate within the accuracy bound; slo_met is false.")
+        print(f"!! The artifact is the {summary['chosen_because'].split(': ')[-1]}; slo_met is false.")
         print("!! Widen the search space, allow more trials, or relax the service level.")
         print("!" * 78)
