@@ -42,10 +42,11 @@ def storage_url(recipe: Recipe) -> str:
 
 
 def search_fingerprint(recipe: Recipe) -> str:
-    """What makes two runs the same study: everything but how long to run and where to store it."""
+    """What makes two runs the same study: everything but how long to run and where it is kept."""
     data = recipe.to_dict()
     for k in ("n_trials", "timeout_s", "storage"):
         data["search"].pop(k)
+    data["output_dir"] = "."
     return Recipe.model_validate(data).fingerprint()
 
 

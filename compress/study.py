@@ -107,7 +107,8 @@ def run_study(recipe: Recipe) -> dict:
         r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
                                             teacher_rec["val_accuracy"], recipe)
         r["feasible"] = max(r["constraint"]) <= 0
-    # The exact numbers can reorder close neighbours: a member now dominated leaves the front.
+    trial_time_front = {r["trial"] for r in front}  # their files stay: a resumed study starts from this front
+    # The exact numbers can reorder close neighbours: a member now dominated leaves the reported front.
     keep = set(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in front]))
     for i, r in enumerate(front):
         r["pareto"] = i in keep
@@ -123,7 +124,7 @@ def run_study(recipe: Recipe) -> dict:
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
     chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
-    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows)
+    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows, trial_time_front)
     return summary
 
 
@@ -193,7 +194,8 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
     return summary
 
 
-def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary, data, sweep_rows) -> None:
+def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary, data, sweep_rows,
+                   keep_files: set[int]) -> None:
     keys = list(recipe.search.space)
     front_ids = {r["trial"] for r in front}
     for r in trials:
@@ -214,7 +216,7 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
     _write_artifact(recipe, out, chosen, teacher_rec, summary, data, sweep_rows)
     if not recipe.search.keep_dominated_models:
         for r in trials:
-            if not r["pareto"] and r.get("artifact_path"):
+            if r["trial"] not in keep_files and r.get("artifact_path"):
                 shutil.rmtree(Path(r["artifact_path"]).parent, ignore_errors=True)
     write_json_atomic(out / "summary.json", summary)
 

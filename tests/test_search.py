@@ -15,7 +15,7 @@ from compress.study import run_study
 
 OUTPUTS = [  # tiny_study: the session fixture in conftest.py
 "trials.csv", "pareto.csv", "pareto.json", "pareto.html", "pareto.png", "summary.json", "study.db",
-           "recipe.yaml", "artifact/model.onnx", "artifact/recipe.yaml", "artifact/metrics.json", "capacity.csv",
+           "recipe.yaml", "artifact/model.onnx", "artifact/manifest.json", "artifact/MODEL_CARD.md", "capacity.csv",
            "capacity.md"]
 
 
@@ -40,7 +40,7 @@ def test_three_trial_search_writes_every_output(tiny_study):
     assert len(pareto) == summary["pareto_size"] >= 1
     assert all("test_accuracy" in p and "params" in p for p in pareto)
     assert summary["pareto_latency_span"] >= 1.0
-    assert "slo_met" in json.loads((recipe.out_path / "artifact" / "metrics.json").read_text())
+    assert "met" in json.loads((recipe.out_path / "artifact" / "manifest.json").read_text())["service_level"]
     cap = summary["capacity"]
     assert cap["model"] == f"trial_{summary['chosen_trial']}" and cap["batch"]["cores"] >= 1
     assert summary["capacity_teacher"]["batch"]["cores"] >= cap["batch"]["cores"]
