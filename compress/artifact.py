@@ -245,11 +245,13 @@ def verify(folder: str | Path, *, data_root: str | None = None, latency_seconds:
     if diff > SAMPLE_TOLERANCE or (got.argmax(1) != want.argmax(1)).any():
         problems.append(f"samples: outputs differ from the recorded ones (max abs diff {diff:.2e} > {SAMPLE_TOLERANCE})")
     say(f"samples: {len(x)} inputs, max abs output difference {diff:.2e} (tolerance {SAMPLE_TOLERANCE})")
+    from types import SimpleNamespace
+
     from compress.latency import measure
-    from compress.recipe import LatencyConfig
 
     lat = m["latency"]
-    here = measure(folder / "model.onnx", LatencyConfig(max_seconds=latency_seconds), lat["batch_size"], lat["threads"])
+    protocol = SimpleNamespace(warmup_runs=50, min_runs=200, max_runs=5000, max_seconds=latency_seconds)
+    here = measure(folder / "model.onnx", protocol, lat["batch_size"], lat["threads"])
     ratio = here.p50_ms / lat["p50_ms"]
     say(f"latency here: p50 {here.p50_ms:.3f} ms, p95 {here.p95_ms:.3f} ms   card: p50 {lat['p50_ms']:.3f} ms, "
         f"p95 {lat['p95_ms']:.3f} ms   (batch {lat['batch_size']}, {lat['threads']} thread(s))")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compress.recipe import RecipeError, load_recipe
+from compress.errors import RecipeError
+
+
+def load_recipe(path, overrides):
+    from compress.recipe import load_recipe as load  # pydantic/yaml only for the commands that take a recipe
+
+    return load(path, overrides)
 
 EXIT_BAD_INPUT = 2
 

@@ -19,3 +19,7 @@ class ParityError(CompressError):
 
 class BundleError(CompressError):
     """An artifact bundle failed verification, or an input does not fit its model."""
+
+
+class RecipeError(CompressError, ValueError):
+    """A recipe that cannot be used; the message names the key path, the value and what is allowed."""

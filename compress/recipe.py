@@ -15,9 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the key path, the value and what is allowed."""
+from compress.errors import RecipeError
 
 
 class _Section(BaseModel):
