@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import BundleError
-from compress.io import sha256_file, write_json_atomic, write_text_atomic
+from compress.io import publish, sha256_file, staging_dir, write_json_atomic, write_text_atomic
 
 FORMAT = "compress-bundle/1"
 SAMPLE_TOLERANCE = 1e-4  # same model, same runtime family: outputs agree far tighter than this
@@ -80,9 +80,8 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, samples: tuple[n
 
     ``manifest`` holds everything known about the model (see ``_card``); this adds files and hashes.
     """
-    staging = folder.parent / f".{folder.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "samples").mkdir(parents=True)
+    staging = staging_dir(folder)
+    (staging / "samples").mkdir()
     facts = {"compress.name": manifest["name"], "compress.labels": manifest["labels"],
              "compress.preprocessing": manifest["preprocessing"], "compress.input": manifest["input"],
              "compress.output": manifest["output"], "compress.val_accuracy": f"{manifest['metrics']['val_accuracy']:.4f}",
@@ -110,8 +109,7 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, samples: tuple[n
     manifest["files"] = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
                          if p.is_file() and p.name != "manifest.json"}
     write_json_atomic(staging / "manifest.json", manifest)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    publish(staging, folder)
     return folder
 
 

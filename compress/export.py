@@ -47,6 +47,11 @@ def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> 
                            for i in range(0, len(inputs), batch_size)])
 
 
+def onnx_accuracy(path: str | Path, split: Split) -> float:
+    """Top-1 accuracy of an ONNX model on ``split``."""
+    return float((onnx_logits(path, split.inputs().numpy()).argmax(1) == split.labels.numpy()).mean())
+
+
 def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool,
                  max_abs_diff: float = 1e-3, min_agreement: float = 0.99) -> dict:
     """Compare ONNX and PyTorch on ``split``; raise ParityError naming the numbers when it fails."""

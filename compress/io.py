@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,3 +36,25 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def staging_dir(out: Path) -> Path:
+    """An empty ``.<name>.partial`` folder beside ``out``, where a result is built before ``publish``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial"
+    if stage.exists():
+        shutil.rmtree(stage)  # leftovers of an interrupted run: nothing in them was complete
+    stage.mkdir()
+    return stage
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished staging folder into place, replacing ``out``; the old one is gone only after."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)

@@ -46,6 +46,11 @@ class LatencyStats:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record_fields(self) -> dict:
+        """The flat keys every metrics record carries, plus the full statistics under ``latency``."""
+        return {"latency_p50_ms": self.p50_ms, "latency_p95_ms": self.p95_ms, "latency_p99_ms": self.p99_ms,
+                "throughput_sps": self.throughput_sps, "latency": self.to_dict()}
+
 
 def stats_from_samples(samples_ms, batch_size: int, threads: int) -> LatencyStats:
     """Percentiles, spread and a distribution-free 95% CI of the median (binomial order statistics)."""

@@ -17,9 +17,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress import __version__
-from compress.data import Dataset, Split, calibration_inputs, load_dataset
-from compress.export import check_parity, export_onnx, onnx_logits
-from compress.io import write_json_atomic, write_text_atomic
+from compress.data import Dataset, calibration_inputs, load_dataset
+from compress.export import check_parity, export_onnx, onnx_accuracy
+from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
 from compress.latency import LatencyStats, compare, environment
 from compress.models import create_model, macs_and_params
 from compress.recipe import Recipe, RecipeError, TargetConfig
@@ -63,24 +63,16 @@ def check_target(target: TargetConfig) -> None:
                 "install onnxruntime-gpu on a machine with an NVIDIA GPU, or set target.device: cpu")
 
 
-def _accuracy_onnx(path: Path, split: Split) -> float:
-    logits = onnx_logits(path, split.inputs().numpy())
-    return float((logits.argmax(1) == split.labels.numpy()).mean())
-
-
-def _model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
+def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
+    """One model's record: accuracy of its ONNX file on the validation and test splits, size, latency."""
     return {
-        "val_accuracy": _accuracy_onnx(stage.onnx, data.val),
-        "test_accuracy": _accuracy_onnx(stage.onnx, data.test),
+        "val_accuracy": onnx_accuracy(stage.onnx, data.val),
+        "test_accuracy": onnx_accuracy(stage.onnx, data.test),
         "params": stage.params,
         "macs": stage.macs,
         "size_bytes": stage.onnx.stat().st_size,
         "int8": stage.int8,
-        "latency_p50_ms": lat.p50_ms,
-        "latency_p95_ms": lat.p95_ms,
-        "latency_p99_ms": lat.p99_ms,
-        "throughput_sps": lat.throughput_sps,
-        "latency": lat.to_dict(),
+        **lat.record_fields(),
         "parity": stage.parity,
     }
 
@@ -124,26 +116,6 @@ def _export_stage(name: str, model: nn.Module, recipe: Recipe, data: Dataset, wo
     return Stage.of(name, path, model, False, parity)
 
 
-def _staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial"
-    if stage.exists():
-        shutil.rmtree(stage)  # leftovers of an interrupted run: nothing in them was complete
-    stage.mkdir()
-    return stage
-
-
-def _publish(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
-
-
 def summarize(teacher: dict, artifact: dict) -> dict:
     keys = ["val_accuracy", "test_accuracy", "latency_p50_ms", "latency_p95_ms", "params", "macs", "size_bytes"]
     return {
@@ -161,7 +133,7 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
     data = data or load_dataset(recipe.data)
     teacher, tinfo = load_teacher(recipe.teacher)
     out = recipe.out_path
-    work = _staging_dir(out)
+    work = staging_dir(out)
     try:
         stages = compress_student(recipe, data, teacher, tinfo, work)
         teacher_stage = _export_stage("teacher", teacher, recipe, data, work)
@@ -170,7 +142,7 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
                    f"(batch {recipe.target.batch_size}, {recipe.target.threads} thread(s))")
         lat = compare({s.name: s.onnx for s in all_stages}, recipe.latency, recipe.target.batch_size,
                       recipe.target.threads, recipe.target.device)
-        metrics = {s.name: _model_metrics(s, data, lat[s.name]) for s in all_stages}
+        metrics = {s.name: model_metrics(s, data, lat[s.name]) for s in all_stages}
         final = stages[-1]
         shutil.copyfile(final.onnx, work / ARTIFACT)
         (work / "teacher.onnx").unlink()  # the teacher is committed as a checkpoint; its ONNX is 7 MB
@@ -190,6 +162,6 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _publish(work, out)
+    publish(work, out)
     summary["output_dir"] = str(out)
     return summary

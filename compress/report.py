@@ -53,17 +53,9 @@ CSV_COLUMNS = ["trial", "state", "feasible", "pareto", "val_accuracy", "test_acc
 
 
 def write_csv(path, rows: list[dict], param_keys: list[str]) -> None:
-    import csv
-    import io
-
-    from compress.io import write_text_atomic
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + [f"params.{k}" for k in param_keys], extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({**{k: r.get(k) for k in CSV_COLUMNS}, **{f"params.{k}": r.get("params_", {}).get(k) for k in param_keys}})
-    write_text_atomic(path, buf.getvalue())
+    """Trial records as CSV: the fixed CSV_COLUMNS, then one ``params.<key>`` column per searched key."""
+    write_csv_rows(path, [{**{k: r.get(k) for k in CSV_COLUMNS},
+                           **{f"params.{k}": r.get("params_", {}).get(k) for k in param_keys}} for r in rows])
 
 
 def _label(r: dict) -> str:

@@ -26,11 +26,10 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
-from compress.export import onnx_logits
 from compress.latency import measure
 from compress.models import macs_and_params
-from compress.pipeline import build_student, compress_student
-from compress.recipe import Range, Recipe, RecipeError, space_spec, with_values
+from compress.pipeline import build_student, compress_student, model_metrics
+from compress.recipe import Range, Recipe, RecipeError, space_leaf, space_spec, with_values
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -136,8 +135,6 @@ def _requeue_interrupted(study: optuna.Study) -> int:
 
 
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
-    from compress.recipe import space_leaf
-
     values = {}
     for key, raw in recipe.search.space.items():
         spec = space_spec(raw)
@@ -152,10 +149,6 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
             # A one-choice categorical: fixed, yet recorded in trial.params with the rest.
             values[key] = trial.suggest_categorical(key, [spec])
     return values
-
-
-def _accuracy(path: Path, split) -> float:
-    return float((onnx_logits(path, split.inputs().numpy()).argmax(1) == split.labels.numpy()).mean())
 
 
 @dataclasses.dataclass
@@ -208,12 +201,9 @@ class Objective:
         for s in stages[:-1]:
             s.onnx.unlink(missing_ok=True)
         lat = measure(model, r.latency, r.target.batch_size, r.target.threads, r.target.device)
-        val, test = _accuracy(model, self.full.val), _accuracy(model, self.full.test)
+        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat), "stage": final.name}
+        val = metrics["val_accuracy"]
         curves.tell(curve, val)
-        metrics = {"val_accuracy": val, "test_accuracy": test, "params": final.params, "macs": final.macs,
-                   "size_bytes": model.stat().st_size, "int8": final.int8, "latency_p50_ms": lat.p50_ms,
-                   "latency_p95_ms": lat.p95_ms, "latency_p99_ms": lat.p99_ms, "throughput_sps": lat.throughput_sps,
-                   "stage": final.name, "parity": final.parity}
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("artifact_path", str(model.relative_to(self.recipe.out_path)))  # relocatable study
         for name, value in zip(CONSTRAINTS, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r)):

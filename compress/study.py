@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,15 +22,15 @@ from tqdm.auto import tqdm
 from compress import baselines as bl
 from compress.capacity import capacity_markdown, plan_for
 from compress.data import load_dataset
-from compress.export import export_onnx
+from compress.export import export_onnx, onnx_accuracy
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare
 from compress.models import macs_and_params
-from compress.pipeline import check_target, machine_info, summarize
+from compress.pipeline import check_target, machine_info, model_metrics, summarize
 from compress.recipe import Recipe, RecipeError, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
-from compress.search import DONE, _accuracy, constraint_values, constraints, optimize, storage_url
+from compress.search import constraint_values, constraints, optimize, storage_url
 from compress.teacher import load_teacher
 
 
@@ -43,14 +44,8 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "latency_measured": "trial" if m else None}
 
 
-def _ref_record(name: str, onnx: Path, stage, data) -> dict:
-    return {"name": name, "val_accuracy": _accuracy(onnx, data.val), "test_accuracy": _accuracy(onnx, data.test),
-            "params": stage.params, "macs": stage.macs, "size_bytes": onnx.stat().st_size, "int8": stage.int8}
-
-
 def _with_latency(rec: dict, lat) -> dict:
-    return {**rec, "latency_measured": "final", "latency_p50_ms": lat.p50_ms, "latency_p95_ms": lat.p95_ms, "latency_p99_ms": lat.p99_ms,
-            "throughput_sps": lat.throughput_sps, "latency": lat.to_dict()}
+    return {**rec, "latency_measured": "final", **lat.record_fields()}
 
 
 def run_study(recipe: Recipe) -> dict:
@@ -65,8 +60,8 @@ def run_study(recipe: Recipe) -> dict:
     write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
     teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset)  # cheap; never stale
     macs, params = macs_and_params(teacher)
-    teacher_rec = {"name": "teacher", "val_accuracy": _accuracy(teacher_onnx, data.val),
-                   "test_accuracy": _accuracy(teacher_onnx, data.test), "params": params,
+    teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
+                   "test_accuracy": onnx_accuracy(teacher_onnx, data.test), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
 
     study = optimize(recipe, data, teacher, tinfo, teacher_rec["val_accuracy"])
@@ -115,7 +110,7 @@ def run_study(recipe: Recipe) -> dict:
     front = [r for r in front if r["pareto"]]
     chosen = _choose(front)
     chosen["chosen"] = True
-    refs = {k: _with_latency(_ref_record(k, s.onnx, s, data), lat[k]) for k, s in refs_stages.items()}
+    refs = {k: {"name": k, "latency_measured": "final", **model_metrics(s, data, lat[k])} for k, s in refs_stages.items()}
     for r in refs.values():
         r["dominated_by_front"] = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"])
 
@@ -130,8 +125,6 @@ def run_study(recipe: Recipe) -> dict:
 
 def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path,
               front: list[dict]) -> tuple[list[dict], list[dict]]:
-    import os
-
     tqdm.write(f"capacity sweep: teacher and {len(front)} Pareto model(s) over batch sizes "
                f"{recipe.capacity.batch_sizes} and threads {recipe.capacity.threads or 'all'}")
     plans, rows = [], []
