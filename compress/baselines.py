@@ -8,7 +8,6 @@ does not rebuild it.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -19,12 +18,9 @@ import torch.nn as nn
 from compress.data import Dataset, calibration_inputs
 from compress.export import check_parity, export_onnx
 from compress.io import read_json, write_json_atomic
-from compress.pipeline import Stage, compress_student
+from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
 from compress.recipe import Recipe, with_values
-from compress.techniques.distill import make_loss, teacher_logits_for
-from compress.techniques.prune import prune_
 from compress.techniques.quantize import quantize_int8
-from compress.train import train_
 
 
 def _cached(folder: Path, key: dict, build) -> Stage:
@@ -57,22 +53,18 @@ def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict,
 
 
 def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+    """The teacher with ``search.baseline_prune_ratio`` of its channels pruned, distilled for
+    ``search.baseline_finetune``; fp32, as a user who only prunes would ship it."""
     s = recipe.search
     name = f"teacher_pruned{int(round(100 * s.baseline_prune_ratio))}"
+    r = with_values(recipe, {"student.model": TEACHER_FAMILY, "distill.enabled": True, "prune.enabled": True,
+                             "prune.ratio": s.baseline_prune_ratio, "prune.finetune": s.baseline_finetune.model_dump(),
+                             "quantize.enabled": False})
 
     def build(folder: Path) -> Stage:
-        model = prune_(copy.deepcopy(teacher), recipe.prune.model_copy(update={"enabled": True, "ratio": s.baseline_prune_ratio}))
-        d = recipe.distill.model_copy(update={"enabled": True})
-        logits = teacher_logits_for([(d, s.baseline_finetune)], teacher, data, tinfo["sha256"])
-        train_(model, data.train, s.baseline_finetune, loss_fn=make_loss(d, s.baseline_finetune, teacher, logits),
-               val=data.val, seed=recipe.seed, desc=f"baseline {name}")
-        path = export_onnx(model, folder / "fp32.onnx", recipe.export.opset)
-        parity = check_parity(model, path, data.val, int8=False, max_abs_diff=recipe.export.fp32_max_abs_diff)
-        return Stage.of(name, path, model, False, parity)
+        return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder)[-1], name=name)
 
-    key = {"teacher": tinfo["sha256"], "ratio": s.baseline_prune_ratio, "ft": s.baseline_finetune.model_dump(),
-           "distill": recipe.distill.model_dump(), "data": data.fingerprint, "seed": recipe.seed}
-    return _cached(root / name, key, build)
+    return _cached(root / name, {"recipe": r.fingerprint(), "data": data.fingerprint, "teacher": tinfo["sha256"]}, build)
 
 
 def student_without_kd(chosen: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:

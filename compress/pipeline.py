@@ -6,6 +6,7 @@ the run has finished, so an interrupted or failed run never leaves a result that
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress import __version__
-from compress.data import Dataset, calibration_inputs, load_dataset
+from compress.data import Dataset, batches, calibration_inputs, load_dataset
 from compress.export import check_parity, export_onnx, onnx_accuracy
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
 from compress.latency import LatencyStats, compare, environment
@@ -25,11 +26,12 @@ from compress.models import create_model, macs_and_params
 from compress.recipe import Recipe, RecipeError, TargetConfig
 from compress.teacher import load_teacher
 from compress.techniques.distill import make_loss, teacher_logits_for
-from compress.techniques.prune import prune_
+from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8
 from compress.train import train_
 
 ARTIFACT = "model.onnx"
+TEACHER_FAMILY = "teacher"  # student.model value: start from the (pruned) teacher instead of a fresh family
 
 
 @dataclass
@@ -81,27 +83,51 @@ def machine_info() -> dict:
     return {**environment(), "compress": __version__}
 
 
-def build_student(recipe: Recipe) -> nn.Module:
+def from_teacher(recipe: Recipe) -> bool:
+    return recipe.student.model == TEACHER_FAMILY
+
+
+def build_student(recipe: Recipe, teacher: nn.Module) -> nn.Module:
+    """The untrained student: a registered family at the recipe's width and depth, or, for
+    ``student.model: teacher``, a copy of the teacher with ``prune.ratio`` of its channels removed."""
     s = recipe.student
+    if from_teacher(recipe):
+        student = copy.deepcopy(teacher)
+        return prune_(student, recipe.prune) if recipe.prune.enabled else student
     return create_model(s.model, width=s.width, depth=s.depth)
+
+
+def _train_inputs(data: Dataset, batch_size: int = 256):
+    return (x for _, x, _ in batches(data.train, batch_size))
 
 
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
                      on_epoch: Callable[[int, float], None] | None = None) -> list[Stage]:
-    """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made."""
+    """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made.
+
+    A scratch student is distilled with ``distill.train``, then pruned and fine-tuned with
+    ``prune.finetune``. A student made from the teacher (``student.model: teacher``) already knows the
+    task: it is pruned first and then distilled with the fine-tuning schedule, ``prune.finetune``
+    (prune, then distil: Sanh et al. 2020, Muralidharan et al. 2024).
+    """
     torch.manual_seed(recipe.seed)
     d, p, q = recipe.distill, recipe.prune, recipe.quantize
-    logits = teacher_logits_for([(d, d.train), (d, p.finetune)] if p.enabled else [(d, d.train)],
-                                teacher, data, teacher_info["sha256"])
-    student = build_student(recipe)
-    train_(student, data.train, d.train, loss_fn=make_loss(d, d.train, teacher, logits), val=data.val,
-           seed=recipe.seed, desc="distill" if d.enabled else "student", on_epoch=on_epoch)
-    stages = [_export_stage("student_fp32", student, recipe, data, work)]
-    if p.enabled:
-        student = prune_(student, p)
-        train_(student, data.train, p.finetune, loss_fn=make_loss(d, p.finetune, teacher, logits), val=data.val,
-               seed=recipe.seed + 1, desc="prune-finetune")
-        stages.append(_export_stage("student_pruned_fp32", student, recipe, data, work))
+    if from_teacher(recipe):
+        schedules = [(p.finetune, "student_pruned_fp32" if p.enabled else "student_fp32")]
+    else:
+        schedules = [(d.train, "student_fp32")] + ([(p.finetune, "student_pruned_fp32")] if p.enabled else [])
+    logits = teacher_logits_for([(d, t) for t, _ in schedules], teacher, data, teacher_info["sha256"])
+    student = build_student(recipe, teacher)
+    if from_teacher(recipe) and p.enabled:
+        adapt_batchnorm(student, _train_inputs(data))
+    stages: list[Stage] = []
+    for i, (schedule, name) in enumerate(schedules):
+        if i:  # the scratch student's second schedule: prune, then fine-tune
+            student = adapt_batchnorm(prune_(student, p), _train_inputs(data))
+        desc = ("distill" if d.enabled else "train") + ("" if name == "student_fp32" else " (pruned)")
+        train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits), val=data.val,
+               seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None)
+        stages.append(_export_stage(name, student, recipe, data, work))
     if q.enabled:
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
         path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)

@@ -60,6 +60,8 @@ class TeacherConfig(_Section):
 
 
 class StudentConfig(_Section):
+    # A registered family (cnn, resnet_small), "tv:<torchvision arch>", or "teacher": a copy of the teacher,
+    # weights included, shrunk by prune.ratio before distillation (width and depth then do not apply).
     model: str = "cnn"
     width: int = Field(16, ge=1, le=512)  # channels of the first stage; stages double it
     depth: int = Field(2, ge=1, le=8)  # conv layers per stage

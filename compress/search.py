@@ -7,8 +7,8 @@ optuna-dashboard can watch it live.
 
 Optuna's pruners do not support multi-objective studies (optuna/optuna#3450), so each trial's learning
 curve is reported to a companion single-objective study (``<name>:curves:<tier>``) whose pruner decides.
-Curves are grouped by cost tier (student MACs within 2x): a small, fast student is only compared with
-students of its size, never stopped for learning slower than a large one.
+Curves are grouped by student family and cost tier (MACs within 2x): a small, fast student is only
+compared with students of its kind and size, never stopped for learning slower than a large one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from compress.data import Dataset
 from compress.latency import measure
 from compress.models import macs_and_params
-from compress.pipeline import build_student, compress_student, model_metrics
+from compress.pipeline import build_student, compress_student, from_teacher, model_metrics
 from compress.recipe import Range, Recipe, RecipeError, space_leaf, space_spec, with_values
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -85,7 +85,8 @@ def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
         # Not before 3 curves of the same tier exist, and never on the first epoch (too noisy).
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     if p == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=recipe.distill.train.epochs)
+        epochs = max(recipe.distill.train.epochs, recipe.prune.finetune.epochs)  # scratch or from-teacher schedule
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -161,7 +162,7 @@ class Objective:
     teacher_val_accuracy: float
     study: optuna.Study
 
-    def _curves(self, tier: int) -> optuna.Study:
+    def _curves(self, tier: str) -> optuna.Study:
         # Same database, no heartbeat: curve trials are driven by ask/tell, not by Study.optimize.
         storage = optuna.storages.RDBStorage(storage_url(self.recipe))
         return optuna.create_study(storage=storage, study_name=f"{self.recipe.name}:curves:{tier}",
@@ -173,15 +174,17 @@ class Objective:
         work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        macs, _ = macs_and_params(build_student(r))
-        tier = int(math.log2(max(macs, 1)))
-        curves = self._curves(tier)
+        macs, _ = macs_and_params(build_student(r, self.teacher))
+        curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs, 1)))}")
         curve = curves.ask()
         trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")
+        # After the last epoch of a student's only training, measuring it costs less than pruning would save.
+        only = from_teacher(r) or not r.prune.enabled
+        last = (r.prune.finetune if from_teacher(r) else r.distill.train).epochs - 1
 
         def on_epoch(epoch: int, acc: float) -> None:
             curve.report(acc, epoch)
-            if curve.should_prune():
+            if not (only and epoch >= last) and curve.should_prune():
                 curves.tell(curve, state=TrialState.PRUNED)
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
 

@@ -48,3 +48,24 @@ def test_failed_run_leaves_no_result(tmp_path):
     with pytest.raises(ParityError):
         run(recipe)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_student_from_teacher_is_pruned_then_distilled(tiny_data, tmp_path):
+    """student.model: teacher starts from the teacher's weights, pruned before distillation."""
+    from compress.pipeline import build_student, compress_student
+    from compress.teacher import load_teacher
+
+    recipe = load_recipe("recipes/tiny.yaml", ["student.model=teacher", "prune.ratio=0.75",
+                                               "quantize.enabled=false"])
+    teacher, tinfo = load_teacher(recipe.teacher)
+    student = build_student(recipe, teacher)
+    t_params = sum(p.numel() for p in teacher.parameters())
+    s_params = sum(p.numel() for p in student.parameters())
+    assert s_params < 0.2 * t_params  # 75% of the channels gone: ~1/16 of the weights
+    assert type(student) is type(teacher)
+    stages = compress_student(recipe, tiny_data, teacher, tinfo, tmp_path)
+    assert [s.name for s in stages] == ["student_pruned_fp32"]  # no second pruning stage
+    assert stages[0].params == s_params
+    # Inherited weights: one epoch of prune.finetune (8 steps) lands far above chance (10%).
+    from compress.export import onnx_accuracy
+    assert onnx_accuracy(stages[0].onnx, tiny_data.val) > 0.4

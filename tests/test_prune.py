@@ -32,3 +32,22 @@ def test_ratio_zero_is_identity():
     before = macs_and_params(model)
     prune_(model, PruneConfig(enabled=True, ratio=0.0))
     assert macs_and_params(model) == before
+
+
+def test_adaptive_batchnorm_recovers_a_pruned_teacher(tiny_data):
+    """Pruning leaves the kept channels' BN statistics measured on the unpruned net; re-estimating them on
+    training inputs (no gradient step) must restore much of the accuracy."""
+    import copy
+
+    from compress.data import batches
+    from compress.recipe import TeacherConfig
+    from compress.teacher import load_teacher
+    from compress.techniques.prune import adapt_batchnorm
+    from compress.train import accuracy
+
+    teacher, _ = load_teacher(TeacherConfig())
+    stale = prune_(copy.deepcopy(teacher), PruneConfig(enabled=True, ratio=0.5))
+    adapted = adapt_batchnorm(copy.deepcopy(stale), (x for _, x, _ in batches(tiny_data.train, 250)))
+    before, after = accuracy(stale, tiny_data.val), accuracy(adapted, tiny_data.val)
+    assert after > before + 0.1, (before, after)
+    assert not adapted.training

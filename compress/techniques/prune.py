@@ -35,3 +35,28 @@ def prune_(model: nn.Module, cfg: PruneConfig, input_shape=(1, 1, 28, 28)) -> nn
 def _num_classes(model: nn.Module) -> int:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else -1
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, inputs, max_samples: int = 4096) -> nn.Module:
+    """Re-estimate BatchNorm statistics on training inputs after pruning ("adaptive BN", Li et al.,
+    EagleEye, ECCV 2020): the kept channels' running statistics were measured on the unpruned network."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    seen = 0
+    for x in inputs:
+        model(x)
+        seen += len(x)
+        if seen >= max_samples:
+            break
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+    return model
