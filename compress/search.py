@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import shutil
 import time
 import warnings
@@ -135,6 +136,23 @@ def _requeue_interrupted(study: optuna.Study) -> int:
     return n
 
 
+def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
+    """Partial parameters for the first ``search.startup_trials`` trials so that every choice of every
+    categorical parameter is tried: each choice appears about n/k times, in a seeded order per parameter
+    (a Latin hypercube over the categories). Numeric parameters are left to the sampler. With a dozen
+    trials, independent random draws can leave a whole choice (a student family, a format) untried."""
+    n = recipe.search.startup_trials
+    rng = random.Random(recipe.seed)
+    columns = {}
+    for key, raw in recipe.search.space.items():
+        spec = space_spec(raw)
+        if isinstance(spec, list) and len(spec) > 1:
+            column = [spec[i % len(spec)] for i in range(n)]
+            rng.shuffle(column)
+            columns[key] = column
+    return [{k: c[i] for k, c in columns.items()} for i in range(n)] if columns else []
+
+
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
     values = {}
     for key, raw in recipe.search.space.items():
@@ -251,6 +269,9 @@ def optimize(recipe: Recipe, full: Dataset, teacher, teacher_info: dict, teacher
                    + (f", {requeued} interrupted trial(s) queued again" if requeued else ""))
     if done >= target:
         return study
+    if not study.trials:  # a new study: its first trials cover the categorical choices
+        for params in covering_startup(recipe):
+            study.enqueue_trial(params, user_attrs={"startup": "covering"})
     n_train = max(1, int(len(full.train) * recipe.search.train_fraction))
     data = dataclasses.replace(full, train=full.train.head(n_train))
     objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study)

@@ -153,3 +153,16 @@ def test_missing_front_model_is_a_clear_error(tiny_study, tmp_path):
     moved = load_recipe("recipes/tiny_search.yaml", [f"output_dir={copy}", "search.n_trials=4"])
     with pytest.raises(RecipeError, match="model files of Pareto trial"):
         run_study(moved)
+
+
+def test_startup_trials_cover_every_categorical_choice():
+    from compress.search import covering_startup
+
+    recipe = load_recipe("recipes/fashion_mnist.yaml", ["search.startup_trials=4"])
+    rows = covering_startup(recipe)
+    assert len(rows) == 4
+    for key in ("student.model", "quantize.enabled", "quantize.format"):
+        choices = recipe.search.space[key]
+        assert sorted(map(str, (r[key] for r in rows))) == sorted(map(str, choices * 2)), key  # each twice
+    assert all("prune.ratio" not in r for r in rows)  # numeric ones are the sampler's
+    assert covering_startup(recipe) == rows  # seeded
