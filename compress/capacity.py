@@ -42,23 +42,43 @@ def batch_plan(per_core_sps: float, records: int, hours: float, max_cores: int |
             "cost_per_run": core_hours * cpu_core_hour, "cost_per_million": 1e6 / per_core_sps / 3600.0 * cpu_core_hour}
 
 
+def gpu_plan(gpu_sps: float, records: int, hours: float, gpu_hour: float, cpu: dict | None = None) -> dict:
+    """GPUs to score ``records`` within ``hours`` at a measured per-GPU throughput, the run's cost, and,
+    given the CPU batch plan of the same model, which of the two is the cheaper way to meet the deadline."""
+    required = records / (hours * 3600.0)
+    gpu_hours = records / gpu_sps / 3600.0
+    plan = {"gpu_sps": gpu_sps, "gpus": math.ceil(required / gpu_sps), "gpu_hours": gpu_hours,
+            "cost_per_run": gpu_hours * gpu_hour, "cost_per_million": 1e6 / gpu_sps / 3600.0 * gpu_hour}
+    if cpu is not None:
+        plan["cheaper"] = "gpu" if plan["cost_per_run"] < cpu["cost_per_run"] else "cpu"
+    return plan
+
+
 def plan_for(name: str, onnx: str | Path, online_stats: dict, recipe: Recipe, cores: int) -> tuple[dict, list[dict]]:
     """Sweep one model and plan both requirement forms; returns (plan, sweep rows)."""
     cap, slo, cost = recipe.capacity, recipe.slo, recipe.cost
     threads = cap.threads or list(range(1, cores + 1))
     cfg = recipe.latency.model_copy(update={"max_seconds": cap.max_seconds, "min_runs": 50, "warmup_runs": 20})
-    rows = sweep({name: onnx}, cfg, cap.batch_sizes, threads, recipe.target.device)
+    gpu_rows = []
+    if recipe.target.device == "cuda":  # the GPU's throughput; CPU replicas are swept below for the comparison
+        gpu_rows = [{**r, "device": "cuda"} for r in sweep({name: onnx}, cfg, cap.batch_sizes, [1], "cuda")]
+    rows = [{**r, "device": "cpu"} for r in sweep({name: onnx}, cfg, cap.batch_sizes, threads, "cpu")]
     best = best_per_core(rows)
     plan = {"model": name, "best_batch_size": best["batch_size"], "best_threads": best["threads"],
             "best_throughput_sps": best["throughput_sps"], "per_core_sps": best["throughput_sps"] / best["threads"],
             "online": online_plan(online_stats["latency_p95_ms"], online_stats["throughput_sps"], recipe.target.threads,
                                   slo.concurrency, slo.requests_per_s, cap.target_utilization, slo.p95_ms,
                                   cost.cpu_core_hour),
-            "gpu": "no GPU measurement on this machine" if recipe.target.device == "cpu" else "see target"}
+            "gpu": None}
     if slo.batch:
         plan["batch"] = batch_plan(plan["per_core_sps"], slo.batch.records, slo.batch.hours, slo.batch.max_cores,
                                    cost.cpu_core_hour)
-    return plan, rows
+    if gpu_rows:
+        g = max(gpu_rows, key=lambda r: r["throughput_sps"])
+        b = slo.batch
+        plan["gpu"] = {"best_batch_size": g["batch_size"], "throughput_sps": g["throughput_sps"],
+                       **(gpu_plan(g["throughput_sps"], b.records, b.hours, cost.gpu_hour, plan["batch"]) if b else {})}
+    return plan, gpu_rows + rows
 
 
 def capacity_markdown(plans: list[dict], recipe: Recipe) -> str:
@@ -97,6 +117,21 @@ def capacity_markdown(plans: list[dict], recipe: Recipe) -> str:
         o = p["online"]
         out.append(f"| {p['model']} | {o['p95_ms']:.3f} | {'yes' if o['meets_p95'] else 'no'} | {o['replicas']} | "
                    f"{o['cores']} | {o['cost_per_hour']:.3f} {cur} | {o['cost_per_million']:.4f} {cur} |")
-    out += ["", "GPU: no GPU measurement exists for this study, so no GPU-versus-CPU comparison is made. "
-            "Run the recipe with `target.device: cuda` on a GPU machine to get one.", ""]
+    gpu = [p for p in plans if p.get("gpu")]
+    if not gpu:
+        out += ["", "GPU: no GPU measurement exists for this study, so no GPU-versus-CPU comparison is made. "
+                "Run the recipe with `target.device: cuda` on a GPU machine to get one.", ""]
+        return "\n".join(out)
+    out += ["", "## GPU or more CPU cores?", ""]
+    if not slo.batch:
+        out += ["The recipe has no batch requirement to price; GPU throughput per model:", ""]
+    out += ["| model | GPU samples/s (best batch) | GPUs needed | GPU cost per run | CPU cost per run | cheaper |",
+            "| --- | ---: | ---: | ---: | ---: | :---: |"]
+    for p in gpu:
+        g = p["gpu"]
+        cpu_cost = f"{p['batch']['cost_per_run']:,.2f} {cur}" if "batch" in p else "-"
+        out.append(f"| {p['model']} | {g['throughput_sps']:,.0f} (batch {g['best_batch_size']}) | {g.get('gpus', '-')} | "
+                   + (f"{g['cost_per_run']:,.2f} {cur}" if "cost_per_run" in g else "-")
+                   + f" | {cpu_cost} | {g.get('cheaper', '-')} |")
+    out.append("")
     return "\n".join(out)

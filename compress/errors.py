@@ -23,3 +23,7 @@ class BundleError(CompressError):
 
 class RecipeError(CompressError, ValueError):
     """A recipe that cannot be used; the message names the key path, the value and what is allowed."""
+
+
+class TargetError(CompressError):
+    """The requested device (or a model's format on it) cannot be measured on this machine."""

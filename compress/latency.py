@@ -20,6 +20,8 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from compress.errors import TargetError
+
 if TYPE_CHECKING:  # at run time any object with these fields will do: verify runs without pydantic
     from compress.recipe import LatencyConfig
 
@@ -95,6 +97,85 @@ def make_session(path: str | Path, threads: int, device: str = "cpu"):
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
+def backend_for(device: str) -> str:
+    """What runs a model on ``device``: ONNX Runtime, or for CUDA without ONNX Runtime's CUDA provider,
+    PyTorch on CUDA. Raises ``TargetError`` when the device is not there at all."""
+    if device == "cpu":
+        return "onnxruntime"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "onnxruntime"
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        return "torch"
+    raise TargetError(
+        f"device 'cuda': ONNX Runtime here has only {ort.get_available_providers()} and PyTorch sees no CUDA GPU; "
+        "install onnxruntime-gpu (or a CUDA build of torch) on a machine with an NVIDIA GPU, or measure on the CPU "
+        "(target.device: cpu in a recipe, --device cpu for compress bench)")
+
+
+def is_int8(path: str | Path) -> bool:
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return bool(ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"})
+
+
+class _OrtRunner:
+    """One synchronous ONNX Runtime inference on a fixed random input."""
+
+    def __init__(self, path: str | Path, batch_size: int, threads: int, device: str):
+        self.sess = make_session(path, threads, device)
+        self.feed = _input_for(self.sess, batch_size)
+
+    def __call__(self) -> None:
+        self.sess.run(None, self.feed)
+
+
+class _TorchRunner:
+    """The ONNX graph rebuilt as a PyTorch module (onnx2torch) and run by PyTorch on ``device``; each call
+    waits for the device, so a timing covers the whole inference. fp32 graphs only: PyTorch has no CUDA
+    kernels for ONNX's int8 operators."""
+
+    def __init__(self, path: str | Path, batch_size: int, threads: int, device: str):
+        import torch
+        from onnx2torch import convert
+
+        if is_int8(path):
+            raise TargetError(
+                f"{path} is an int8 ONNX model; PyTorch cannot run ONNX int8 graphs on {device}. Install "
+                "onnxruntime-gpu so ONNX Runtime's CUDA provider measures it, or set quantize.enabled: false "
+                "(and leave quantize.enabled out of search.space)")
+        self.torch, self.device = torch, torch.device(device)
+        torch.set_num_threads(threads)
+        self.model = convert(str(path)).to(self.device).eval()
+        shape = _input_shape(path, batch_size)
+        self.x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32)).to(self.device)
+
+    def __call__(self) -> None:
+        with self.torch.inference_mode():
+            self.model(self.x)
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+
+def _input_shape(path: str | Path, batch_size: int) -> list[int]:
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [batch_size] + [int(d.dim_value) for d in dims[1:]]
+
+
+def runner(path: str | Path, batch_size: int = 1, threads: int = 1, device: str = "cpu", backend: str | None = None):
+    """A zero-argument callable that runs the model once, on ``backend`` (default: ``backend_for(device)``)."""
+    backend = backend or backend_for(device)
+    return (_TorchRunner if backend == "torch" else _OrtRunner)(path, batch_size, threads, device)
+
+
 def _input_for(sess, batch_size: int) -> dict[str, np.ndarray]:
     inp = sess.get_inputs()[0]
     shape = [batch_size] + [int(d) for d in inp.shape[1:]]
@@ -103,35 +184,34 @@ def _input_for(sess, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int = 1, threads: int = 1,
-            device: str = "cpu") -> dict[str, LatencyStats]:
+            device: str = "cpu", backend: str | None = None) -> dict[str, LatencyStats]:
     """Time several ONNX models interleaved in this process; one LatencyStats per name.
 
     A set whose p50 confidence interval is still too wide at the cap is measured again with twice the time.
     """
-    sessions = {k: make_session(p, threads, device) for k, p in models.items()}
-    feeds = {k: _input_for(s, batch_size) for k, s in sessions.items()}
-    for k, s in sessions.items():
-        _warm_up(s, feeds[k], cfg.warmup_runs)
+    runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
+    for run in runners.values():
+        _warm_up(run, cfg.warmup_runs)
     result: dict[str, LatencyStats] = {}
     for attempt in range(1, ATTEMPTS + 1):
-        samples = _timed_rounds(sessions, feeds, cfg, cfg.max_seconds * len(sessions) * attempt, batch_size, threads)
+        samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads)
         result = {k: replace(stats_from_samples(v, batch_size, threads), attempts=attempt) for k, v in samples.items()}
         if not any(s.noisy for s in result.values()):
             break
     return result
 
 
-def _warm_up(sess, feed, runs: int, window: int = 20, max_windows: int = 25) -> None:
+def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> None:
     """``runs`` untimed runs, then windows of ``window`` until two successive window medians agree within 2%
     (caches, allocator and clock have settled), at most ``max_windows`` windows."""
     for _ in range(runs):
-        sess.run(None, feed)
+        run()
     prev = None
     for _ in range(max_windows):
         times = []
         for _ in range(window):
             t0 = time.perf_counter_ns()
-            sess.run(None, feed)
+            run()
             times.append(time.perf_counter_ns() - t0)
         med = float(np.median(times))
         if prev is not None and abs(med - prev) <= 0.02 * prev:
@@ -139,18 +219,18 @@ def _warm_up(sess, feed, runs: int, window: int = 20, max_windows: int = 25) -> 
         prev = med
 
 
-def _timed_rounds(sessions, feeds, cfg: LatencyConfig, budget: float, batch_size: int, threads: int):
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
+def _timed_rounds(runners, cfg: LatencyConfig, budget: float, batch_size: int, threads: int):
+    samples: dict[str, list[float]] = {k: [] for k in runners}
     start = time.perf_counter()
     while True:
-        for k, s in sessions.items():
-            feed, out = feeds[k], samples[k]
-            if len(sessions) > 1:
+        for k, run in runners.items():
+            out = samples[k]
+            if len(runners) > 1:
                 for _ in range(REWARM):
-                    s.run(None, feed)
+                    run()
             for _ in range(ROUND):
                 t0 = time.perf_counter_ns()
-                s.run(None, feed)
+                run()
                 out.append((time.perf_counter_ns() - t0) / 1e6)
         n = len(next(iter(samples.values())))
         if n < cfg.min_runs:
@@ -163,8 +243,8 @@ def _timed_rounds(sessions, feeds, cfg: LatencyConfig, budget: float, batch_size
 
 
 def measure(path: str | Path, cfg: LatencyConfig, batch_size: int = 1, threads: int = 1,
-            device: str = "cpu") -> LatencyStats:
-    return compare({"model": path}, cfg, batch_size, threads, device)["model"]
+            device: str = "cpu", backend: str | None = None) -> LatencyStats:
+    return compare({"model": path}, cfg, batch_size, threads, device, backend)["model"]
 
 
 def environment(device: str = "cpu") -> dict:
@@ -184,7 +264,7 @@ def environment(device: str = "cpu") -> dict:
     wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
     env = {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
            "onnxruntime": ort.__version__, "python": platform.python_version(),
-           "execution_provider": "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"}
+           "execution_provider": _provider(device)}
     try:
         import torch
 
@@ -194,12 +274,26 @@ def environment(device: str = "cpu") -> dict:
     return env
 
 
+def _provider(device: str) -> str:
+    if device == "cpu":
+        return "CPUExecutionProvider"
+    try:
+        backend = backend_for(device)
+    except TargetError:
+        return "unavailable"
+    if backend == "onnxruntime":
+        return "CUDAExecutionProvider"
+    import torch
+
+    return f"PyTorch {torch.__version__} on CUDA ({torch.cuda.get_device_name(0)}), via onnx2torch"
+
+
 def sweep(models: dict[str, str | Path], cfg: LatencyConfig, batch_sizes: list[int], threads: list[int],
-          device: str = "cpu") -> list[dict]:
+          device: str = "cpu", backend: str | None = None) -> list[dict]:
     """``compare`` at every (batch size, threads) pair; one row per model and pair."""
     rows = []
     for t in threads:
         for b in batch_sizes:
-            res = compare(models, cfg, b, t, device)
+            res = compare(models, cfg, b, t, device, backend)
             rows += [{"model": k, **s.to_dict()} for k, s in res.items()]
     return rows

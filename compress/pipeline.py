@@ -21,9 +21,10 @@ from compress import __version__
 from compress.data import Dataset, batches, calibration_inputs, load_dataset
 from compress.export import check_parity, export_onnx, onnx_accuracy
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
-from compress.latency import LatencyStats, compare, environment
+from compress.errors import TargetError
+from compress.latency import LatencyStats, backend_for, compare, environment
 from compress.models import create_model, macs_and_params
-from compress.recipe import Recipe, RecipeError, TargetConfig
+from compress.recipe import Recipe, RecipeError
 from compress.teacher import load_teacher
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
@@ -54,15 +55,21 @@ class Stage:
         return cls(name, onnx, macs, params, int8, parity)
 
 
-def check_target(target: TargetConfig) -> None:
-    """Fail before any work when the recipe asks for a device this machine does not have."""
-    if target.device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RecipeError(
-                f"target.device = 'cuda': ONNX Runtime here has only {ort.get_available_providers()}; "
-                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or set target.device: cpu")
+def check_target(recipe: Recipe) -> str:
+    """Fail before any work when the recipe asks for a device this machine does not have, or for int8
+    models on a backend that cannot run them; returns the backend that will measure latency."""
+    device = recipe.target.device
+    try:
+        backend = backend_for(device)
+    except TargetError as err:
+        raise RecipeError(f"target.device = {device!r}: {err}") from None
+    space = recipe.search.space.get("quantize.enabled", recipe.quantize.enabled)
+    if backend == "torch" and (space is True or (isinstance(space, list) and True in space)):
+        raise RecipeError(
+            f"target.device = {device!r}: ONNX Runtime's CUDA provider is not installed, so latency is measured "
+            "with PyTorch on CUDA, which cannot run int8 ONNX graphs; install onnxruntime-gpu, or set "
+            "quantize.enabled: false and leave quantize.enabled out of search.space")
+    return backend
 
 
 def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
@@ -79,8 +86,8 @@ def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
     }
 
 
-def machine_info() -> dict:
-    return {**environment(), "compress": __version__}
+def machine_info(device: str = "cpu") -> dict:
+    return {**environment(device), "compress": __version__}
 
 
 def from_teacher(recipe: Recipe) -> bool:
@@ -155,7 +162,7 @@ def summarize(teacher: dict, artifact: dict) -> dict:
 def run(recipe: Recipe, data: Dataset | None = None) -> dict:
     """The single-recipe job: writes ``results/<name>/`` and returns its summary."""
     t0 = time.time()
-    check_target(recipe.target)
+    check_target(recipe)
     data = data or load_dataset(recipe.data)
     teacher, tinfo = load_teacher(recipe.teacher)
     out = recipe.out_path
@@ -179,7 +186,7 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
             "target": recipe.target.model_dump(),
             "teacher_sha256": tinfo["sha256"],
             "data_fingerprint": data.fingerprint,
-            "machine": machine_info(),
+            "machine": machine_info(recipe.target.device),
             "wall_time_s": round(time.time() - t0, 1),
         }
         write_text_atomic(work / "recipe.yaml", recipe.to_yaml())

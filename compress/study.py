@@ -51,7 +51,7 @@ def _with_latency(rec: dict, lat) -> dict:
 def run_study(recipe: Recipe) -> dict:
     """The whole job; returns summary.json's content."""
     t0 = time.time()
-    check_target(recipe.target)
+    check_target(recipe)
     data = load_dataset(recipe.data)
     teacher, tinfo = load_teacher(recipe.teacher)
     out = recipe.out_path
@@ -181,7 +181,7 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "teacher_sha256": tinfo["sha256"],
         "data_fingerprint": data.fingerprint,
         "storage": study._storage.url if hasattr(study._storage, "url") else None,
-        "machine": machine_info(),
+        "machine": machine_info(recipe.target.device),
         "wall_time_s": round(time.time() - t0, 1),
     }
     return summary

@@ -1,8 +1,9 @@
 import pytest
 
-from compress.capacity import batch_plan, best_per_core, online_plan
+from compress.capacity import batch_plan, best_per_core, capacity_markdown, gpu_plan, online_plan
+from compress.errors import TargetError
 from compress.pipeline import check_target
-from compress.recipe import RecipeError, TargetConfig, recipe_from_dict
+from compress.recipe import RecipeError, recipe_from_dict
 from compress.search import constraint_values
 
 
@@ -50,22 +51,94 @@ def test_constraints_for_online_and_batch_forms():
 
 
 def test_unavailable_target_is_a_clear_error_before_work():
-    import onnxruntime as ort
+    from compress.latency import backend_for
 
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this machine has ONNX Runtime's CUDA provider")
+    try:
+        backend_for("cuda")
+        pytest.skip("this machine has a CUDA GPU")
+    except TargetError:
+        pass
     with pytest.raises(RecipeError, match="target.device = 'cuda'.*target.device: cpu"):
-        check_target(TargetConfig(device="cuda"))
+        check_target(recipe_from_dict({"name": "x", "target": {"device": "cuda"}}))
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
-                    reason="no CUDA GPU with ONNX Runtime's CUDA provider on this machine")
+def test_torch_backend_measures_fp32_and_refuses_int8(tmp_path, tiny_data):
+    """The PyTorch fallback (used for CUDA without onnxruntime-gpu) runs the same ONNX graph; here on CPU."""
+    import torch
+
+    from compress.data import calibration_inputs
+    from compress.export import export_onnx
+    from compress.latency import _TorchRunner, measure
+    from compress.models import create_model
+    from compress.recipe import LatencyConfig, QuantizeConfig
+    from compress.techniques.quantize import quantize_int8
+
+    model = create_model("cnn", width=8, depth=1).eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    run = _TorchRunner(path, batch_size=4, threads=1, device="cpu")
+    with torch.no_grad():
+        expected = model(run.x)
+    assert torch.allclose(run.model(run.x), expected, atol=1e-4)  # the same computation as the ONNX graph
+    s = measure(path, LatencyConfig(warmup_runs=5, min_runs=30, max_runs=300, max_seconds=0.3), batch_size=4,
+                backend="torch")
+    assert s.p50_ms > 0 and s.batch_size == 4 and s.n_runs >= 30
+    calib, _ = calibration_inputs(tiny_data.train, 32, 0)
+    q = quantize_int8(path, tmp_path / "q.onnx", calib, QuantizeConfig(enabled=True, calibration="minmax"))
+    with pytest.raises(TargetError, match="int8 ONNX model.*onnxruntime-gpu"):
+        measure(q, LatencyConfig(), backend="torch")
+
+
+def test_gpu_versus_cpu_cost_by_hand():
+    # 100M records in 6 h = 4,629.6 samples/s. A GPU at 50,000 samples/s: 1 GPU, 0.5556 GPU-hours,
+    # 1.39 USD at 2.50/h. CPU at 1,000 samples/s per core: 27.8 core-hours, 1.33 USD at 0.048/h: CPU wins.
+    cpu = batch_plan(1000.0, 100_000_000, 6, None, 0.048)
+    g = gpu_plan(50_000.0, 100_000_000, 6, 2.50, cpu)
+    assert g["gpus"] == 1
+    assert g["gpu_hours"] == pytest.approx(100_000_000 / 50_000 / 3600)
+    assert g["cost_per_run"] == pytest.approx(1.3889, abs=1e-4)
+    assert cpu["cost_per_run"] == pytest.approx(1.3333, abs=1e-4)
+    assert g["cheaper"] == "cpu"
+    assert gpu_plan(100_000.0, 100_000_000, 6, 2.50, cpu)["cheaper"] == "gpu"  # 0.69 USD
+
+
+def test_capacity_markdown_compares_gpu_and_cpu_when_measured():
+    recipe = recipe_from_dict({"name": "x", "target": {"device": "cuda"},
+                               "slo": {"p95_ms": 1.0, "batch": {"records": 100_000_000, "hours": 6}}})
+    cpu = batch_plan(1000.0, 100_000_000, 6, None, 0.048)
+    online = online_plan(0.2, 5000.0, 1, 1, None, 0.7, 1.0, 0.048)
+    plan = {"model": "teacher", "best_batch_size": 32, "best_threads": 1, "batch": cpu, "online": online,
+            "gpu": {"best_batch_size": 128, "throughput_sps": 50_000.0, **gpu_plan(50_000.0, 100_000_000, 6, 2.5, cpu)}}
+    md = capacity_markdown([plan], recipe)
+    assert "## GPU or more CPU cores?" in md
+    row = next(line for line in md.splitlines() if line.startswith("| teacher | 50,000"))
+    assert "1.39 USD" in row and "1.33 USD" in row and row.rstrip().endswith("| cpu |")
+    plan["gpu"] = None
+    assert "no GPU measurement exists" in capacity_markdown([plan], recipe)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_cuda_latency_measurement(tmp_path):
     from compress.export import export_onnx
-    from compress.latency import measure
+    from compress.latency import backend_for, measure
     from compress.models import create_model
     from compress.recipe import LatencyConfig
 
     path = export_onnx(create_model("cnn", width=16, depth=2), tmp_path / "m.onnx")
-    s = measure(path, LatencyConfig(warmup_runs=20, min_runs=50, max_seconds=1), batch_size=8, device="cuda")
+    cfg = LatencyConfig(warmup_runs=20, min_runs=50, max_seconds=1)
+    s = measure(path, cfg, batch_size=8, device="cuda")  # ONNX Runtime's CUDA provider if installed, else PyTorch
     assert s.p50_ms > 0 and s.batch_size == 8
+    assert backend_for("cuda") in ("onnxruntime", "torch")
+    t = measure(path, cfg, batch_size=8, device="cuda", backend="torch")
+    assert t.p50_ms > 0
+
+
+def test_int8_search_on_the_pytorch_fallback_is_refused_before_work(monkeypatch):
+    import compress.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "backend_for", lambda device: "torch")  # CUDA GPU, no onnxruntime-gpu
+    fp32 = recipe_from_dict({"name": "x", "target": {"device": "cuda"}, "quantize": {"enabled": False}})
+    assert check_target(fp32) == "torch"
+    searched = recipe_from_dict({"name": "x", "target": {"device": "cuda"}, "quantize": {"enabled": False},
+                                 "search": {"space": {"quantize.enabled": [True, False]}}})
+    with pytest.raises(RecipeError, match="cannot run int8 ONNX graphs.*onnxruntime-gpu"):
+        check_target(searched)
