@@ -156,13 +156,15 @@ def test_missing_front_model_is_a_clear_error(tiny_study, tmp_path):
 
 
 def test_startup_trials_cover_every_categorical_choice():
+    from compress.recipe import recipe_from_dict
     from compress.search import covering_startup
 
-    recipe = load_recipe("recipes/fashion_mnist.yaml", ["search.startup_trials=4"])
+    space = {"student.model": ["teacher", "cnn"], "quantize.enabled": [True, False],
+             "quantize.format": ["qdq", "qoperator"], "prune.ratio": {"low": 0.3, "high": 0.8}}
+    recipe = recipe_from_dict({"name": "x", "search": {"startup_trials": 4, "space": space}})
     rows = covering_startup(recipe)
     assert len(rows) == 4
     for key in ("student.model", "quantize.enabled", "quantize.format"):
-        choices = recipe.search.space[key]
-        assert sorted(map(str, (r[key] for r in rows))) == sorted(map(str, choices * 2)), key  # each twice
+        assert sorted(map(str, (r[key] for r in rows))) == sorted(map(str, space[key] * 2)), key  # each twice
     assert all("prune.ratio" not in r for r in rows)  # numeric ones are the sampler's
     assert covering_startup(recipe) == rows  # seeded
