@@ -9,6 +9,7 @@ the tail percentiles describe the model, not the switch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -189,16 +190,33 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
 
     A set whose p50 confidence interval is still too wide at the cap is measured again with twice the time.
     """
-    runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
-    for run in runners.values():
-        _warm_up(run, cfg.warmup_runs)
-    result: dict[str, LatencyStats] = {}
-    for attempt in range(1, ATTEMPTS + 1):
-        samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads)
-        result = {k: replace(stats_from_samples(v, batch_size, threads), attempts=attempt) for k, v in samples.items()}
-        if not any(s.noisy for s in result.values()):
-            break
+    with pinned(threads):
+        runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
+        for run in runners.values():
+            _warm_up(run, cfg.warmup_runs)
+        result: dict[str, LatencyStats] = {}
+        for attempt in range(1, ATTEMPTS + 1):
+            samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads)
+            result = {k: replace(stats_from_samples(v, batch_size, threads), attempts=attempt) for k, v in samples.items()}
+            if not any(s.noisy for s in result.values()):
+                break
     return result
+
+
+@contextlib.contextmanager
+def pinned(threads: int):
+    """Keep this process on ``threads`` fixed CPUs (the last ones it may use) while it measures: a
+    migration to another core leaves a model's weights in the old core's caches. Linux only; elsewhere
+    (or with fewer CPUs than threads) nothing changes."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(allowed) <= threads:
+        yield
+        return
+    os.sched_setaffinity(0, allowed[-threads:])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> None:

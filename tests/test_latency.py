@@ -78,3 +78,17 @@ def test_stability_over_processes(tmp_path):
     assert len(r["runs"]) == 2 and all(run["speedup"] > 1 for run in r["runs"])
     assert {"p50_cv_teacher", "p50_cv_artifact", "speedup_cv"} <= set(r)
     assert (tmp_path / "s.json").is_file()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and at least 2 CPUs")
+def test_measurement_is_pinned_to_fixed_cpus_and_released():
+    import os
+
+    from compress.latency import pinned
+
+    before = os.sched_getaffinity(0)
+    with pinned(1):
+        inside = os.sched_getaffinity(0)
+    assert len(inside) == 1 and inside < before
+    assert os.sched_getaffinity(0) == before
