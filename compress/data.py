@@ -27,8 +27,6 @@ LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shir
 INPUT_SHAPE = (1, 28, 28)
 
 
-
-
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # uint8, N x 28 x 28

@@ -15,8 +15,6 @@ from compress.errors import ParityError
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-
-
 def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     """Export ``model`` (eval mode, batch axis dynamic) and run ``onnx.checker`` on the file."""
     import onnx

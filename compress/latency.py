@@ -119,10 +119,8 @@ def backend_for(device: str) -> str:
         "(target.device: cpu in a recipe, --device cpu for compress bench)")
 
 
-def is_int8(path: str | Path) -> bool:
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+def _is_int8(proto) -> bool:
+    ops = {n.op_type for n in proto.graph.node}
     return bool(ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"})
 
 
@@ -143,18 +141,21 @@ class _TorchRunner:
     kernels for ONNX's int8 operators."""
 
     def __init__(self, path: str | Path, batch_size: int, threads: int, device: str):
+        import onnx
         import torch
         from onnx2torch import convert
 
-        if is_int8(path):
+        proto = onnx.load(str(path))
+        if _is_int8(proto):
             raise TargetError(
                 f"{path} is an int8 ONNX model; PyTorch cannot run ONNX int8 graphs on {device}. Install "
                 "onnxruntime-gpu so ONNX Runtime's CUDA provider measures it, or set quantize.enabled: false "
                 "(and leave quantize.enabled out of search.space)")
         self.torch, self.device = torch, torch.device(device)
         torch.set_num_threads(threads)
-        self.model = convert(str(path)).to(self.device).eval()
-        shape = _input_shape(path, batch_size)
+        self.model = convert(proto).to(self.device).eval()
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        shape = [batch_size] + [int(d.dim_value) for d in dims[1:]]
         self.x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32)).to(self.device)
 
     def __call__(self) -> None:
@@ -162,13 +163,6 @@ class _TorchRunner:
             self.model(self.x)
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
-
-
-def _input_shape(path: str | Path, batch_size: int) -> list[int]:
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return [batch_size] + [int(d.dim_value) for d in dims[1:]]
 
 
 def runner(path: str | Path, batch_size: int = 1, threads: int = 1, device: str = "cpu", backend: str | None = None):

@@ -24,7 +24,7 @@ from compress.io import publish, staging_dir, write_json_atomic, write_text_atom
 from compress.errors import TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
 from compress.models import create_model, macs_and_params
-from compress.recipe import Recipe, RecipeError
+from compress.recipe import PruneConfig, Recipe, RecipeError
 from compress.teacher import load_teacher
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
@@ -94,18 +94,23 @@ def from_teacher(recipe: Recipe) -> bool:
     return recipe.student.model == TEACHER_FAMILY
 
 
-def build_student(recipe: Recipe, teacher: nn.Module) -> nn.Module:
+def build_student(recipe: Recipe, teacher: nn.Module, data: Dataset | None = None) -> nn.Module:
     """The untrained student: a registered family at the recipe's width and depth, or, for
-    ``student.model: teacher``, a copy of the teacher with ``prune.ratio`` of its channels removed."""
+    ``student.model: teacher``, a copy of the teacher with ``prune.ratio`` of its channels removed
+    (BatchNorm re-estimated on ``data``'s training images when given)."""
     s = recipe.student
     if from_teacher(recipe):
         student = copy.deepcopy(teacher)
-        return prune_(student, recipe.prune) if recipe.prune.enabled else student
+        return _prune_and_adapt(student, recipe.prune, data) if recipe.prune.enabled else student
     return create_model(s.model, width=s.width, depth=s.depth)
 
 
-def _train_inputs(data: Dataset, batch_size: int = 256):
-    return (x for _, x, _ in batches(data.train, batch_size))
+def _prune_and_adapt(model: nn.Module, cfg: PruneConfig, data: Dataset | None) -> nn.Module:
+    """Prune, then re-estimate BatchNorm statistics on training images (skipped without ``data``)."""
+    model = prune_(model, cfg)
+    if data is None:
+        return model
+    return adapt_batchnorm(model, (x for _, x, _ in batches(data.train, 256)))
 
 
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
@@ -124,13 +129,11 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     else:
         schedules = [(d.train, "student_fp32")] + ([(p.finetune, "student_pruned_fp32")] if p.enabled else [])
     logits = teacher_logits_for([(d, t) for t, _ in schedules], teacher, data, teacher_info["sha256"])
-    student = build_student(recipe, teacher)
-    if from_teacher(recipe) and p.enabled:
-        adapt_batchnorm(student, _train_inputs(data))
+    student = build_student(recipe, teacher, data)
     stages: list[Stage] = []
     for i, (schedule, name) in enumerate(schedules):
         if i:  # the scratch student's second schedule: prune, then fine-tune
-            student = adapt_batchnorm(prune_(student, p), _train_inputs(data))
+            student = _prune_and_adapt(student, p, data)
         desc = ("distill" if d.enabled else "train") + ("" if name == "student_fp32" else " (pruned)")
         train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits), val=data.val,
                seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None)

@@ -22,8 +22,6 @@ from compress.recipe import Recipe, TeacherConfig
 from compress.errors import TeacherError
 
 
-
-
 def info_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_name("teacher.json")
 
