@@ -40,9 +40,17 @@ def pareto_indices(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
 
 
-def dominated_by(front: list[dict], acc: float, lat: float, acc_key="test_accuracy", lat_key="latency_p95_ms") -> bool:
-    """True when some front member is at least as accurate and at least as fast."""
-    return any(f[acc_key] >= acc and f[lat_key] <= lat for f in front)
+def dominated_by(front: list[dict], acc: float, lat: float, lat_ci_hi: float | None = None,
+                 acc_key="test_accuracy", lat_key="latency_p95_ms") -> dict | None:
+    """The most accurate front member at least as accurate and at least as fast, or None.
+
+    "At least as fast" is measured: the member's p95 is at most ``lat_ci_hi``, the upper end of the 95%
+    confidence interval of the reference's p95 (default: the point estimate ``lat``). Two models whose p95s
+    cannot be told apart, e.g. the same architecture trained two ways, count as equally fast, so the
+    verdict rests on accuracy instead of on timing noise.
+    """
+    bound = lat if lat_ci_hi is None else max(lat, lat_ci_hi)
+    return max((f for f in front if f[acc_key] >= acc and f[lat_key] <= bound), key=lambda f: f[acc_key], default=None)
 
 
 # latency_measured: "final" for numbers from the closing interleaved measurement (the front), "trial" for
@@ -136,14 +144,15 @@ def plot_pareto_html(path, trials: list[dict], refs: dict[str, dict], slo_p95_ms
 def bench_table(rows: list[dict], baseline: str | None = None) -> str:
     """The `compress bench` table; with ``baseline``, each row's p50 speed-up over it at the same setting."""
     head = (f"{'model':<16} {'batch':>5} {'thr':>3} {'p50 ms':>8} {'p90':>8} {'p95':>8} {'p99':>8} {'mean':>8} "
-            f"{'std':>7} {'p50 95% CI':>17} {'runs':>5} {'samples/s':>10}" + ("  speedup" if baseline else ""))
+            f"{'std':>7} {'p50 95% CI':>17} {'p95 95% CI':>17} {'runs':>5} {'samples/s':>10}" + ("  speedup" if baseline else ""))
     lines = [head, "-" * len(head)]
     ref = {(r["batch_size"], r["threads"]): r["p50_ms"] for r in rows if r["model"] == baseline}
     for r in rows:
         lo, hi = r["p50_ci95_ms"]
+        lo95, hi95 = r.get("p95_ci95_ms", (float("nan"), float("nan")))
         line = (f"{r['model'][:16]:<16} {r['batch_size']:>5} {r['threads']:>3} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} "
                 f"{r['p95_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['mean_ms']:>8.3f} {r['std_ms']:>7.3f} "
-                f"{f'[{lo:.3f}, {hi:.3f}]':>17} {r['n_runs']:>5} {r['throughput_sps']:>10.0f}")
+                f"{f'[{lo:.3f}, {hi:.3f}]':>17} {f'[{lo95:.3f}, {hi95:.3f}]':>17} {r['n_runs']:>5} {r['throughput_sps']:>10.0f}")
         if baseline:
             line += f"  {ref[(r['batch_size'], r['threads'])] / r['p50_ms']:>6.2f}x"
         if r.get("noisy"):

@@ -77,7 +77,11 @@ def _sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=recipe.seed, population_size=max(4, min(50, s.n_trials // 2)))
     # Constraints reach both samplers through Trial.set_constraint in the objective.
-    return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=s.startup_trials, multivariate=True)
+    # group=True: multivariate TPE over a conditional space (see ``suggest``) models each subspace on its own.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=s.startup_trials, multivariate=True,
+                                          group=True)
 
 
 def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
@@ -153,10 +157,29 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
     return [{k: c[i] for k, c in columns.items()} for i in range(n)] if columns else []
 
 
+def _switches_first(key: str) -> tuple[int, str]:
+    return (0 if key == "student.model" or key.endswith(".enabled") else 1, key)
+
+
+def applies(key: str, recipe: Recipe) -> bool:
+    """Whether ``key`` shapes the model under ``recipe``'s other values: a width means nothing to a student
+    made from the teacher, an int8 format nothing when int8 is off, a KD temperature nothing without KD."""
+    section, field = key.split(".", 1)
+    if section == "student" and field in ("width", "depth"):
+        return not from_teacher(recipe)
+    if section in ("distill", "prune", "quantize") and field != "enabled":
+        return bool(getattr(recipe, section).enabled)
+    return True
+
+
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
-    values = {}
-    for key, raw in recipe.search.space.items():
-        spec = space_spec(raw)
+    """Sample the recipe's space (a conditional space: parameters that do not apply given the switches
+    already drawn are neither sampled nor recorded, so the sampler does not model noise)."""
+    values: dict[str, Any] = {}
+    for key in sorted(recipe.search.space, key=_switches_first):
+        if not applies(key, with_values(recipe, values)):
+            continue
+        spec = space_spec(recipe.search.space[key])
         if isinstance(spec, Range):
             if isinstance(space_leaf(recipe, key), int):
                 values[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)

@@ -112,7 +112,8 @@ def run_study(recipe: Recipe) -> dict:
     chosen["chosen"] = True
     refs = {k: {"name": k, "latency_measured": "final", **model_metrics(s, data, lat[k])} for k, s in refs_stages.items()}
     for r in refs.values():
-        r["dominated_by_front"] = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"])
+        by = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"], r["latency"]["p95_ci95_ms"][1])
+        r["dominated_by_front"], r["dominated_by_trial"] = by is not None, by["trial"] if by else None
 
     plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
     summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
@@ -176,7 +177,9 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "baselines": {k: {"test_accuracy": r["test_accuracy"], "val_accuracy": r["val_accuracy"],
                           "latency_p50_ms": r["latency_p50_ms"], "latency_p95_ms": r["latency_p95_ms"],
                           "params": r["params"], "macs": r["macs"], "size_bytes": r["size_bytes"],
-                          "dominated_by_front": r["dominated_by_front"]} for k, r in refs.items()},
+                          "latency_p95_ci95_ms": r["latency"]["p95_ci95_ms"],
+                          "dominated_by_front": r["dominated_by_front"], "dominated_by_trial": r["dominated_by_trial"]}
+                      for k, r in refs.items()},
         "target": recipe.target.model_dump(),
         "teacher_sha256": tinfo["sha256"],
         "data_fingerprint": data.fingerprint,
@@ -262,8 +265,8 @@ def print_study_summary(summary: dict) -> None:
     print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned; "
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
     for k, b in summary["baselines"].items():
-        print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
-              f"{'dominated by the front' if b['dominated_by_front'] else 'NOT dominated by the front'}")
+        verdict = (f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front")
+        print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  {verdict}")
     cap, tcap = summary.get("capacity"), summary.get("capacity_teacher")
     if cap and tcap and "batch" in cap:
         print(f"batch requirement: teacher needs {tcap['batch']['cores']} cores ({tcap['batch']['cost_per_run']:.2f} "

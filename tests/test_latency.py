@@ -25,6 +25,21 @@ def test_confidence_interval_narrows_with_more_runs():
     assert ci_relative_halfwidth(many) < ci_relative_halfwidth(few) / 5
 
 
+def test_p95_interval_covers_the_true_quantile_and_drives_the_noise_flag():
+    # 1 + Exponential(1): the true p95 is 1 + ln(20). The interval must hold it and shrink with more runs; with
+    # 300 runs it is far wider than the +-4% target, so the measurement counts as noisy and keeps going.
+    rng = np.random.default_rng(2)
+    true_p95 = np.log(20)
+    few = stats_from_samples(1 + rng.exponential(1.0, 300), 1, 1)
+    many = stats_from_samples(1 + rng.exponential(1.0, 20000), 1, 1)
+    for s in (few, many):
+        lo, hi = s.p95_ci95_ms
+        assert lo < 1 + true_p95 < hi
+    assert ci_relative_halfwidth(many, 0.95) < ci_relative_halfwidth(few, 0.95) / 5
+    assert ci_relative_halfwidth(few, 0.95) > 0.04 and few.noisy
+    assert ci_relative_halfwidth(many, 0.95) < 0.04
+
+
 def test_empty_samples_rejected():
     with pytest.raises(ValueError):
         stats_from_samples([], 1, 1)

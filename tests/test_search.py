@@ -168,3 +168,24 @@ def test_startup_trials_cover_every_categorical_choice():
         assert sorted(map(str, (r[key] for r in rows))) == sorted(map(str, space[key] * 2)), key  # each twice
     assert all("prune.ratio" not in r for r in rows)  # numeric ones are the sampler's
     assert covering_startup(recipe) == rows  # seeded
+
+
+def test_search_space_is_conditional_on_the_switches():
+    import optuna
+
+    from compress.recipe import recipe_from_dict
+    from compress.search import suggest
+
+    space = {"student.width": {"low": 4, "high": 16, "step": 4}, "quantize.format": ["qdq", "qoperator"],
+             "student.model": ["teacher", "cnn"], "quantize.enabled": [True, False], "prune.ratio": {"low": 0.3, "high": 0.8}}
+    recipe = recipe_from_dict({"name": "x", "prune": {"enabled": True}, "search": {"space": space}})
+    full = {"student.model": "cnn", "student.width": 8, "quantize.enabled": True, "quantize.format": "qdq",
+            "prune.ratio": 0.5}
+    assert suggest(optuna.trial.FixedTrial(full), recipe) == full
+    # A pruned-teacher student has no width; with int8 off there is no int8 format to choose.
+    teacher_fp32 = {**full, "student.model": "teacher", "quantize.enabled": False}
+    assert suggest(optuna.trial.FixedTrial(teacher_fp32), recipe) == {
+        "student.model": "teacher", "quantize.enabled": False, "prune.ratio": 0.5}
+    # Without pruning, the ratio means nothing either.
+    unpruned = recipe_from_dict({"name": "x", "search": {"space": space}})
+    assert "prune.ratio" not in suggest(optuna.trial.FixedTrial(full), unpruned)
