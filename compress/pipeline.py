@@ -24,7 +24,7 @@ from compress.io import publish, staging_dir, write_json_atomic, write_text_atom
 from compress.errors import TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
 from compress.models import create_model, macs_and_params
-from compress.recipe import PruneConfig, Recipe, RecipeError
+from compress.recipe import PruneConfig, Recipe, RecipeError, space_choices
 from compress.teacher import load_teacher
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
@@ -63,8 +63,7 @@ def check_target(recipe: Recipe) -> str:
         backend = backend_for(device)
     except TargetError as err:
         raise RecipeError(f"target.device = {device!r}: {err}") from None
-    space = recipe.search.space.get("quantize.enabled", recipe.quantize.enabled)
-    if backend == "torch" and (space is True or (isinstance(space, list) and True in space)):
+    if backend == "torch" and True in space_choices(recipe, "quantize.enabled"):
         raise RecipeError(
             f"target.device = {device!r}: ONNX Runtime's CUDA provider is not installed, so latency is measured "
             "with PyTorch on CUDA, which cannot run int8 ONNX graphs; install onnxruntime-gpu, or set "

@@ -142,6 +142,7 @@ class SearchConfig(_Section):
     baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
     baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16=True)
     # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
+    # or branches, a sub-space per choice: student.model: {teacher: {prune.ratio: ...}, cnn: {student.width: ...}}
     space: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -268,13 +269,17 @@ NOT_SEARCHABLE = ("name", "output_dir", "search", "slo", "data", "teacher", "tar
                   "capacity")
 
 
+BRANCH_SEP = "/"  # a parameter of a branch is named "<choice>/<key.path>" in the study
+
+
 def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
-    """A copy of ``recipe`` with ``key.path -> value`` set and no search space (one concrete candidate)."""
+    """A copy of ``recipe`` with ``key.path -> value`` set and no search space (one concrete candidate).
+    Keys may carry a branch prefix (``cnn/prune.ratio``), as trial parameters of a branch do."""
     data = recipe.to_dict()
     data["search"]["space"] = {}
     for key, value in values.items():
         node = data
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.rsplit(BRANCH_SEP, 1)[-1].split(".")
         for part in parents:
             node = node[part]
         node[leaf] = value
@@ -293,14 +298,40 @@ def space_leaf(recipe: Recipe, key: str) -> Any:
     return node
 
 
-def space_spec(spec: Any) -> Range | list[Any] | Any:
-    """A space entry as a Range (mapping), a list of choices, or a fixed value."""
-    return Range.model_validate(spec) if isinstance(spec, dict) else spec
+class Branches(dict):
+    """A categorical parameter whose every choice brings its own sub-space: ``{choice: {key: spec}}``."""
 
 
-def _check_space(recipe: Recipe, source: str) -> None:
-    for key, raw in recipe.search.space.items():
-        where = f"search.space.{key}"
+def space_spec(spec: Any) -> Range | Branches | list[Any] | Any:
+    """A space entry as a Range (mapping with low/high), Branches (mapping of choices to sub-spaces), a list
+    of choices, or a fixed value."""
+    if isinstance(spec, dict):
+        if spec and all(isinstance(v, dict) for v in spec.values()) and not {"low", "high"} & set(spec):
+            return Branches(spec)
+        return Range.model_validate(spec)
+    return spec
+
+
+def space_choices(recipe: Recipe, key: str) -> list[Any]:
+    """Every value ``key`` may take in a search of ``recipe``: its current one when it is not searched."""
+    found = []
+    for k, raw in recipe.search.space.items():
+        spec = space_spec(raw)
+        if isinstance(spec, Branches):
+            if k == key:
+                found += list(spec)
+            found += [v for sub in spec.values() if key in sub
+                      for v in (space_spec(sub[key]) if isinstance(space_spec(sub[key]), list) else [sub[key]])]
+        elif k == key:
+            found += spec if isinstance(spec, list) else [spec]
+    return found or [space_leaf(recipe, key)]
+
+
+def _check_space(recipe: Recipe, source: str, space: dict | None = None, prefix: str = "search.space") -> None:
+    top = space is None
+    space = recipe.search.space if top else space
+    for key, raw in space.items():
+        where = f"{prefix}.{key}"
         try:
             spec = space_spec(raw)
         except ValidationError as err:
@@ -325,6 +356,17 @@ def _check_space(recipe: Recipe, source: str) -> None:
                 if spec.low != int(spec.low) or spec.high != int(spec.high):
                     raise RecipeError(f"{source}: invalid recipe\n  {where}: {key} is an integer; use whole "
                                       f"numbers for low and high (got {spec.low}, {spec.high})")
+        elif isinstance(spec, Branches):
+            if not top:
+                raise RecipeError(f"{source}: invalid recipe\n  {where}: branches cannot be nested; give the "
+                                  "sub-space's parameters as ranges, lists or fixed values")
+            for choice, sub in spec.items():
+                clash = sorted(set(sub) & set(space))
+                if clash:
+                    raise RecipeError(f"{source}: invalid recipe\n  {where}.{choice}: {clash[0]} is also searched at "
+                                      "the top of search.space; give it in one place")
+                _check_space(recipe, source, sub, f"{where}.{choice}")
+            candidates = list(spec)
         elif isinstance(spec, list):
             if not spec:
                 raise RecipeError(f"{source}: invalid recipe\n  {where} = []: give at least one choice")

@@ -30,7 +30,7 @@ from compress.data import Dataset
 from compress.latency import measure
 from compress.models import macs_and_params
 from compress.pipeline import build_student, compress_student, from_teacher, model_metrics
-from compress.recipe import Range, Recipe, RecipeError, space_leaf, space_spec, with_values
+from compress.recipe import BRANCH_SEP, Branches, Range, Recipe, RecipeError, space_leaf, space_spec, with_values
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -144,17 +144,28 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
     """Partial parameters for the first ``search.startup_trials`` trials so that every choice of every
     categorical parameter is tried: each choice appears about n/k times, in a seeded order per parameter
     (a Latin hypercube over the categories). Numeric parameters are left to the sampler. With a dozen
-    trials, independent random draws can leave a whole choice (a student family, a format) untried."""
+    trials, independent random draws can leave a whole choice (a student family, a format) untried.
+    A branch's own categorical parameters are covered among the trials that take that branch."""
     n = recipe.search.startup_trials
     rng = random.Random(recipe.seed)
-    columns = {}
-    for key, raw in recipe.search.space.items():
-        spec = space_spec(raw)
-        if isinstance(spec, list) and len(spec) > 1:
-            column = [spec[i % len(spec)] for i in range(n)]
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+
+    def cover(space: dict, idx: list[int], prefix: str) -> None:
+        for key, raw in space.items():
+            spec = space_spec(raw)
+            choices = list(spec) if isinstance(spec, (Branches, list)) else []
+            if len(choices) < 2:
+                continue
+            column = [choices[i % len(choices)] for i in range(len(idx))]
             rng.shuffle(column)
-            columns[key] = column
-    return [{k: c[i] for k, c in columns.items()} for i in range(n)] if columns else []
+            for i, value in zip(idx, column):
+                rows[i][prefix + key] = value
+            if isinstance(spec, Branches):
+                for choice, sub in spec.items():
+                    cover(sub, [i for i, v in zip(idx, column) if v == choice], f"{choice}{BRANCH_SEP}")
+
+    cover(recipe.search.space, list(range(n)), "")
+    return rows if any(rows) else []
 
 
 def _switches_first(key: str) -> tuple[int, str]:
@@ -172,24 +183,36 @@ def applies(key: str, recipe: Recipe) -> bool:
     return True
 
 
+def _suggest_one(trial: optuna.Trial, name: str, spec: Any, current: Any) -> Any:
+    if isinstance(spec, Range):
+        if isinstance(current, int) and not isinstance(current, bool):
+            return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+        return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    if isinstance(spec, (list, Branches)):
+        return trial.suggest_categorical(name, list(spec))
+    # A one-choice categorical: fixed, yet recorded in trial.params with the rest.
+    return trial.suggest_categorical(name, [spec])
+
+
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
-    """Sample the recipe's space (a conditional space: parameters that do not apply given the switches
-    already drawn are neither sampled nor recorded, so the sampler does not model noise)."""
+    """Sample the recipe's space; returns ``key.path -> value``.
+
+    A conditional space: a parameter that does not apply given the switches already drawn is neither
+    sampled nor recorded, so the sampler does not model noise. A branch's parameters are sampled only
+    when its choice is drawn, under the name ``<choice>/<key.path>``, so each branch keeps its own ranges.
+    """
     values: dict[str, Any] = {}
-    for key in sorted(recipe.search.space, key=_switches_first):
-        if not applies(key, with_values(recipe, values)):
-            continue
-        spec = space_spec(recipe.search.space[key])
-        if isinstance(spec, Range):
-            if isinstance(space_leaf(recipe, key), int):
-                values[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
-            else:
-                values[key] = trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
-        elif isinstance(spec, list):
-            values[key] = trial.suggest_categorical(key, spec)
-        else:
-            # A one-choice categorical: fixed, yet recorded in trial.params with the rest.
-            values[key] = trial.suggest_categorical(key, [spec])
+
+    def walk(space: dict, prefix: str) -> None:
+        for key in sorted(space, key=_switches_first):
+            if not applies(key, with_values(recipe, values)):
+                continue
+            spec = space_spec(space[key])
+            values[key] = _suggest_one(trial, prefix + key, spec, space_leaf(recipe, key))
+            if isinstance(spec, Branches):  # the chosen branch's sub-space, before the rest of this level
+                walk(spec[values[key]], f"{values[key]}{BRANCH_SEP}")
+
+    walk(recipe.search.space, "")
     return values
 
 
@@ -258,14 +281,17 @@ class Objective:
 class Progress:
     """One line per finished trial: n/N, its accuracy and p95, best feasible so far, elapsed, ETA."""
 
-    def __init__(self, target: int, already: int):
-        self.target, self.already, self.start = target, already, time.time()
+    def __init__(self, target: int, already: int, timeout_s: float | None = None):
+        self.target, self.already, self.start, self.timeout_s = target, already, time.time(), timeout_s
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = [t for t in study.trials if t.state in DONE]
         n, ran = len(done), len(done) - self.already
         elapsed = time.time() - self.start
-        eta = elapsed / max(ran, 1) * max(self.target - n, 0)
+        per_trial = elapsed / max(ran, 1)
+        eta = per_trial * max(self.target - n, 0)
+        if self.timeout_s is not None:  # no trial starts after the timeout: the last one started ends ~1 trial later
+            eta = min(eta, max(0.0, self.timeout_s - elapsed) + per_trial)
         if trial.state == TrialState.COMPLETE:
             m = trial.user_attrs["metrics"]
             what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
@@ -302,6 +328,6 @@ def optimize(recipe: Recipe, full: Dataset, teacher, teacher_info: dict, teacher
 
     study.optimize(
         objective, n_trials=2 * (target - done), timeout=recipe.search.timeout_s, catch=(ParityError,),
-        callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), Progress(target, done)],
+        callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), Progress(target, done, recipe.search.timeout_s)],
     )
     return study

@@ -192,7 +192,7 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
 
 def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary, data, sweep_rows,
                    keep_files: set[int]) -> None:
-    keys = list(recipe.search.space)
+    keys = list(dict.fromkeys(k for r in trials for k in r["params_"]))  # branch parameters included
     front_ids = {r["trial"] for r in front}
     for r in trials:
         r["pareto"] = r["trial"] in front_ids

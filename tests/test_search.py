@@ -189,3 +189,54 @@ def test_search_space_is_conditional_on_the_switches():
     # Without pruning, the ratio means nothing either.
     unpruned = recipe_from_dict({"name": "x", "search": {"space": space}})
     assert "prune.ratio" not in suggest(optuna.trial.FixedTrial(full), unpruned)
+
+
+BRANCHED = {
+    "student.model": {"teacher": {"prune.ratio": {"low": 0.55, "high": 0.8}, "quantize.format": ["qdq", "qoperator"]},
+                      "cnn": {"student.width": {"low": 4, "high": 16, "step": 4}, "prune.ratio": {"low": 0.2, "high": 0.5},
+                              "quantize.enabled": False}},
+    "distill.alpha": {"low": 0.5, "high": 1.0},
+}
+
+
+def test_branches_give_each_choice_its_own_subspace():
+    import optuna
+
+    from compress.recipe import recipe_from_dict, space_choices, with_values
+    from compress.search import covering_startup, suggest
+
+    recipe = recipe_from_dict({"name": "x", "prune": {"enabled": True}, "quantize": {"enabled": True},
+                               "search": {"startup_trials": 4, "space": BRANCHED}})
+    cnn = suggest(optuna.trial.FixedTrial({"student.model": "cnn", "cnn/student.width": 8, "cnn/prune.ratio": 0.3,
+                                           "cnn/quantize.enabled": False, "distill.alpha": 0.7}), recipe)
+    assert cnn == {"student.model": "cnn", "student.width": 8, "prune.ratio": 0.3, "quantize.enabled": False,
+                   "distill.alpha": 0.7}
+    teacher = suggest(optuna.trial.FixedTrial({"student.model": "teacher", "teacher/prune.ratio": 0.7,
+                                               "teacher/quantize.format": "qdq", "distill.alpha": 0.7}), recipe)
+    assert teacher == {"student.model": "teacher", "prune.ratio": 0.7, "quantize.format": "qdq", "distill.alpha": 0.7}
+    # Trial parameters (branch-prefixed) rebuild the candidate.
+    assert with_values(recipe, {"student.model": "cnn", "cnn/prune.ratio": 0.3}).prune.ratio == 0.3
+    assert sorted(space_choices(recipe, "quantize.enabled")) == [False]
+    # The first trials take each branch twice, and the teacher branch's two formats once each.
+    rows = covering_startup(recipe)
+    assert sorted(r["student.model"] for r in rows) == ["cnn", "cnn", "teacher", "teacher"]
+    assert sorted(r["teacher/quantize.format"] for r in rows if r["student.model"] == "teacher") == ["qdq", "qoperator"]
+    # A sampled study walks the branches without distribution clashes.
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(6):
+        t = study.ask()
+        v = suggest(t, recipe)
+        assert ("student.width" in v) == (v["student.model"] == "cnn")
+        study.tell(t, [0.5, 1.0])
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"student.model": {"cnn": {"student.widht": 8}}}, "student.widht"),
+    ({"student.model": {"cnn": {"prune.ratio": 0.3}}, "prune.ratio": 0.5}, "also searched at the top"),
+    ({"student.model": {"cnn": {"quantize.enabled": {"true": {"quantize.format": "qdq"}}}}}, "cannot be nested"),
+])
+def test_bad_branches_are_clear_errors(space, message):
+    from compress.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"name": "x", "search": {"space": space}})
