@@ -11,6 +11,7 @@ the tail percentiles describe the model, not the switch.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import platform
@@ -27,14 +28,15 @@ from compress.errors import TargetError
 if TYPE_CHECKING:  # at run time any object with these fields will do: verify runs without pydantic
     from compress.recipe import LatencyConfig
 
-ROUND = 50  # timed runs per model per interleaving round
+ROUND = 50  # timed runs per model per interleaving round (fewer when the slowest model is slow; see _round_size)
+ROUND_MS = 120.0  # ... so that a round of the slowest model takes about this long, at least 1 run
 # Untimed runs of a model each time the interleaving switches to it: the first runs after another model
 # ran find its weights out of cache. Timing them would put cold runs into the tail and measure a switching
 # cost a serving replica never pays. Measured on the reference machine with the 8 models of a study's final
 # measurement (teacher, front, baselines), for a 0.19 ms model whose p95 alone was 0.217-0.219 ms:
 # 10 runs a round with 2 re-warm runs gave p95 0.258 and 0.228 ms (0.288 in the study itself); 10 with 10
 # gave 0.225; 50 with 10 gave 0.222. p50 was 0.19 throughout.
-REWARM = 10
+REWARM = 10  # (a fifth of the round when rounds are shorter, at least 1)
 CI_TARGET = 0.02  # stop once the 95% CI of p50 is within +-2% of it
 P95_CI_TARGET = 0.04  # ... and that of p95 within +-4%: with 300 runs the p95 rank is uncertain by +-2.5%-points
 ATTEMPTS = 2  # a measurement still noisy at its cap is repeated once with twice the time
@@ -201,17 +203,30 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
 
     A set whose p50 confidence interval is still too wide at the cap is measured again with twice the time.
     """
-    with pinned(threads):
+    with pinned(threads), _gc_paused():
         runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
-        for run in runners.values():
-            _warm_up(run, cfg.warmup_runs)
+        medians = [_warm_up(run, cfg.warmup_runs) for run in runners.values()]
+        size = _round_size(medians)
         result: dict[str, LatencyStats] = {}
         for attempt in range(1, ATTEMPTS + 1):
-            samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads)
+            samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads, size)
             result = {k: replace(stats_from_samples(v, batch_size, threads), attempts=attempt) for k, v in samples.items()}
             if not any(s.noisy for s in result.values()):
                 break
     return result
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No Python garbage collection while timing (as ``timeit`` does): in a process holding a large heap, such
+    as a study's, a collection landing inside a timed run adds its pause to that sample's latency."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @contextlib.contextmanager
@@ -230,9 +245,16 @@ def pinned(threads: int):
         os.sched_setaffinity(0, allowed)
 
 
-def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> None:
+def _round_size(medians_ms: list[float]) -> tuple[int, int]:
+    """(timed runs, re-warm runs) per model per round: ROUND and REWARM, fewer when the slowest model would
+    make a round last much longer than ROUND_MS (a 150 ms batch-128 teacher gets 1 + 1)."""
+    runs = int(max(1, min(ROUND, ROUND_MS / max(max(medians_ms), 1e-6))))
+    return runs, min(REWARM, max(1, runs // 5))
+
+
+def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> float:
     """``runs`` untimed runs, then windows of ``window`` until two successive window medians agree within 2%
-    (caches, allocator and clock have settled), at most ``max_windows`` windows."""
+    (caches, allocator and clock have settled), at most ``max_windows`` windows; returns the last median (ms)."""
     for _ in range(runs):
         run()
     prev = None
@@ -244,20 +266,23 @@ def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> None:
             times.append(time.perf_counter_ns() - t0)
         med = float(np.median(times))
         if prev is not None and abs(med - prev) <= 0.02 * prev:
-            return
+            return med / 1e6
         prev = med
+    return prev / 1e6 if prev is not None else 0.0
 
 
-def _timed_rounds(runners, cfg: LatencyConfig, budget: float, batch_size: int, threads: int):
+def _timed_rounds(runners, cfg: LatencyConfig, budget: float, batch_size: int, threads: int,
+                  size: tuple[int, int] = (ROUND, REWARM)):
+    runs, rewarm = size
     samples: dict[str, list[float]] = {k: [] for k in runners}
     start = time.perf_counter()
     while True:
         for k, run in runners.items():
             out = samples[k]
             if len(runners) > 1:
-                for _ in range(REWARM):
+                for _ in range(rewarm):
                     run()
-            for _ in range(ROUND):
+            for _ in range(runs):
                 t0 = time.perf_counter_ns()
                 run()
                 out.append((time.perf_counter_ns() - t0) / 1e6)
@@ -266,7 +291,7 @@ def _timed_rounds(runners, cfg: LatencyConfig, budget: float, batch_size: int, t
             continue
         if n >= cfg.max_runs or time.perf_counter() - start > budget:
             break
-        if n % 100 == 0 and not any(stats_from_samples(v, batch_size, threads).noisy for v in samples.values()):
+        if not any(stats_from_samples(v, batch_size, threads).noisy for v in samples.values()):
             break
     return samples
 

@@ -3,8 +3,8 @@
 1. ``search.optimize`` runs or resumes the Optuna study (trial-time latency: cheap, one model at a time).
 2. The Pareto front is taken over complete trials; the chosen candidate is the most accurate feasible one.
 3. Baselines are built (once per study, cached).
-4. Teacher, front and baselines are re-measured *interleaved in one process* ("exact late"); every number
-   in the report comes from that measurement, so ratios between them are fair.
+4. Teacher, front and baselines are re-measured ("exact late") *interleaved in one process*, which every
+   speed-up comes from, and then each alone, which the percentiles and the service-level verdict come from.
 5. trials.csv, pareto.csv/json/html/png, summary.json and artifact/ are written; summary.json last.
 """
 
@@ -24,7 +24,7 @@ from compress.capacity import capacity_markdown, plan_for
 from compress.data import load_dataset
 from compress.export import export_onnx, onnx_accuracy
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
-from compress.latency import compare
+from compress.latency import compare, measure
 from compress.models import macs_and_params
 from compress.pipeline import check_target, machine_info, model_metrics, summarize
 from compress.recipe import Recipe, RecipeError, with_values
@@ -44,8 +44,10 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "latency_measured": "trial" if m else None}
 
 
-def _with_latency(rec: dict, lat) -> dict:
-    return {**rec, "latency_measured": "final", **lat.record_fields()}
+def _with_latency(rec: dict, alone, interleaved) -> dict:
+    """Percentiles from the model measured alone (as a serving replica runs it); the interleaved statistics,
+    which the speed-up ratios come from, under ``latency_interleaved``."""
+    return {**rec, "latency_measured": "final", **alone.record_fields(), "latency_interleaved": interleaved.to_dict()}
 
 
 def run_study(recipe: Recipe) -> dict:
@@ -92,13 +94,19 @@ def run_study(recipe: Recipe) -> dict:
             refs_stages[stage.name] = stage
 
     tqdm.write(f"final measurement: teacher, {len(front)} Pareto trial(s) and {len(refs_stages)} baseline(s), "
-               "interleaved in one process")
+               "interleaved in one process (for the speed-ups)")
     models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front},
               **{k: s.onnx for k, s in refs_stages.items()}}
-    lat = compare(models, recipe.latency, recipe.target.batch_size, recipe.target.threads, recipe.target.device)
-    teacher_rec = _with_latency(teacher_rec, lat["teacher"])
+    target = (recipe.target.batch_size, recipe.target.threads, recipe.target.device)
+    lat = compare(models, recipe.latency, *target)
+    # Interleaving makes ratios fair, but on a shared machine it also inflated the p95 of sub-millisecond
+    # models by 25-85% against the same models alone (p50 unchanged). A replica serves one model, so the
+    # percentiles that meet or miss the service level come from each model measured alone.
+    tqdm.write(f"... and each of the {len(models)} models alone, for the percentiles a serving replica would see")
+    alone = {k: measure(p, recipe.latency, *target) for k, p in models.items()}
+    teacher_rec = _with_latency(teacher_rec, alone["teacher"], lat["teacher"])
     for r in front:
-        r.update(_with_latency({}, lat[f"trial_{r['trial']}"]))
+        r.update(_with_latency({}, alone[f"trial_{r['trial']}"], lat[f"trial_{r['trial']}"]))
         r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
                                             teacher_rec["val_accuracy"], recipe)
         r["feasible"] = max(r["constraint"]) <= 0
@@ -110,7 +118,8 @@ def run_study(recipe: Recipe) -> dict:
     front = [r for r in front if r["pareto"]]
     chosen = _choose(front)
     chosen["chosen"] = True
-    refs = {k: {"name": k, "latency_measured": "final", **model_metrics(s, data, lat[k])} for k, s in refs_stages.items()}
+    refs = {k: {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k]),
+                "latency_interleaved": lat[k].to_dict()} for k, s in refs_stages.items()}
     for r in refs.values():
         by = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"], r["latency"]["p95_ci95_ms"][1])
         r["dominated_by_front"], r["dominated_by_trial"] = by is not None, by["trial"] if by else None

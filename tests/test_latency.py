@@ -107,3 +107,11 @@ def test_measurement_is_pinned_to_fixed_cpus_and_released():
         inside = os.sched_getaffinity(0)
     assert len(inside) == 1 and inside < before
     assert os.sched_getaffinity(0) == before
+
+
+def test_rounds_shrink_for_slow_models_only():
+    from compress.latency import REWARM, ROUND, _round_size
+
+    assert _round_size([0.2, 2.3]) == (ROUND, REWARM)  # the study's final measurement: full rounds
+    assert _round_size([0.2, 10.0]) == (12, 2)
+    assert _round_size([150.0]) == (1, 1)  # a batch-128 teacher: one run a round, one re-warm
