@@ -100,7 +100,7 @@ def run_study(recipe: Recipe) -> dict:
     target = (recipe.target.batch_size, recipe.target.threads, recipe.target.device)
     lat = compare(models, recipe.latency, *target)
     # Interleaving makes ratios fair, but on a shared machine it also inflated the p95 of sub-millisecond
-    # models by 25-85% against the same models alone (p50 unchanged). A replica serves one model, so the
+    # models by 30-85% against the same models alone (p50 unchanged). A replica serves one model, so the
     # percentiles that meet or miss the service level come from each model measured alone.
     tqdm.write(f"... and each of the {len(models)} models alone, for the percentiles a serving replica would see")
     alone = {k: measure(p, recipe.latency, *target) for k, p in models.items()}
