@@ -99,8 +99,7 @@ def stats_from_samples(samples_ms, batch_size: int, threads: int) -> LatencyStat
 
 def ci_relative_halfwidth(stats: LatencyStats, q: float = 0.5) -> float:
     """Half the width of the 95% CI of p50 (``q=0.5``) or p95 (``q=0.95``), relative to that percentile."""
-    lo, hi = stats.p50_ci95_ms if q == 0.5 else stats.p95_ci95_ms
-    mid = stats.p50_ms if q == 0.5 else stats.p95_ms
+    (lo, hi), mid = {0.5: (stats.p50_ci95_ms, stats.p50_ms), 0.95: (stats.p95_ci95_ms, stats.p95_ms)}[q]
     return (hi - lo) / 2 / mid if mid > 0 else math.inf
 
 
@@ -201,7 +200,7 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
             device: str = "cpu", backend: str | None = None) -> dict[str, LatencyStats]:
     """Time several ONNX models interleaved in this process; one LatencyStats per name.
 
-    A set whose p50 confidence interval is still too wide at the cap is measured again with twice the time.
+    A set whose p50 or p95 confidence interval is still too wide at the cap is measured again with twice the time.
     """
     with pinned(threads), _gc_paused():
         runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}

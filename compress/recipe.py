@@ -313,17 +313,20 @@ def space_spec(spec: Any) -> Range | Branches | list[Any] | Any:
 
 
 def space_choices(recipe: Recipe, key: str) -> list[Any]:
-    """Every value ``key`` may take in a search of ``recipe``: its current one when it is not searched."""
-    found = []
-    for k, raw in recipe.search.space.items():
-        spec = space_spec(raw)
-        if isinstance(spec, Branches):
+    """Every value ``key`` may take in a search of ``recipe`` (at the top of the space or in any branch);
+    its current value when it is not searched."""
+    found: list[Any] = []
+
+    def visit(space: dict) -> None:
+        for k, raw in space.items():
+            spec = space_spec(raw)
             if k == key:
-                found += list(spec)
-            found += [v for sub in spec.values() if key in sub
-                      for v in (space_spec(sub[key]) if isinstance(space_spec(sub[key]), list) else [sub[key]])]
-        elif k == key:
-            found += spec if isinstance(spec, list) else [spec]
+                found.extend(spec if isinstance(spec, (list, Branches)) else [spec])
+            if isinstance(spec, Branches):
+                for sub in spec.values():
+                    visit(sub)
+
+    visit(recipe.search.space)
     return found or [space_leaf(recipe, key)]
 
 

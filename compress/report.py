@@ -53,8 +53,8 @@ def dominated_by(front: list[dict], acc: float, lat: float, lat_ci_hi: float | N
     return max((f for f in front if f[acc_key] >= acc and f[lat_key] <= bound), key=lambda f: f[acc_key], default=None)
 
 
-# latency_measured: "final" for numbers from the closing interleaved measurement (the front), "trial" for
-# the cheaper one taken when the trial ran.
+# latency_measured: "final" for numbers from the closing measurement (the front: each model alone, with the
+# interleaved figures beside them), "trial" for the cheaper one taken when the trial ran.
 CSV_COLUMNS = ["trial", "state", "feasible", "pareto", "val_accuracy", "test_accuracy", "latency_p50_ms",
                "latency_p95_ms", "latency_p99_ms", "throughput_sps", "latency_measured", "params", "macs",
                "size_bytes", "int8"]
@@ -149,7 +149,7 @@ def bench_table(rows: list[dict], baseline: str | None = None) -> str:
     ref = {(r["batch_size"], r["threads"]): r["p50_ms"] for r in rows if r["model"] == baseline}
     for r in rows:
         lo, hi = r["p50_ci95_ms"]
-        lo95, hi95 = r.get("p95_ci95_ms", (float("nan"), float("nan")))
+        lo95, hi95 = r["p95_ci95_ms"]
         line = (f"{r['model'][:16]:<16} {r['batch_size']:>5} {r['threads']:>3} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} "
                 f"{r['p95_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['mean_ms']:>8.3f} {r['std_ms']:>7.3f} "
                 f"{f'[{lo:.3f}, {hi:.3f}]':>17} {f'[{lo95:.3f}, {hi95:.3f}]':>17} {r['n_runs']:>5} {r['throughput_sps']:>10.0f}")
