@@ -15,12 +15,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from compress.data import Dataset, calibration_inputs
-from compress.export import check_parity, export_onnx
+from compress.data import Dataset
 from compress.io import read_json, write_json_atomic
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
 from compress.recipe import Recipe, with_values
-from compress.techniques.quantize import quantize_int8
 
 
 def _cached(folder: Path, key: dict, build) -> Stage:
@@ -38,28 +36,8 @@ def _cached(folder: Path, key: dict, build) -> Stage:
     return stage
 
 
-def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
-    q = recipe.quantize.model_copy(update={"enabled": True})
-
-    def build(folder: Path) -> Stage:
-        fp32 = export_onnx(teacher, folder / "fp32.onnx", recipe.export.opset)
-        calib, fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
-        path = quantize_int8(fp32, folder / "int8.onnx", calib, q)
-        fp32.unlink()
-        parity = check_parity(teacher, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
-        return Stage.of("teacher_int8", path, teacher, True, {**parity, "calibration_fingerprint": fp})
-
-    return _cached(root / "teacher_int8", {"teacher": tinfo["sha256"], "q": q.model_dump(), "data": data.fingerprint}, build)
-
-
-def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
-    """The teacher with ``search.baseline_prune_ratio`` of its channels pruned, distilled for
-    ``search.baseline_finetune``; fp32, as a user who only prunes would ship it."""
-    s = recipe.search
-    name = f"teacher_pruned{int(round(100 * s.baseline_prune_ratio))}"
-    r = with_values(recipe, {"student.model": TEACHER_FAMILY, "distill.enabled": True, "prune.enabled": True,
-                             "prune.ratio": s.baseline_prune_ratio, "prune.finetune": s.baseline_finetune.model_dump(),
-                             "quantize.enabled": False})
+def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+    """The last model ``compress_student`` makes of ``r``, cached under ``root/name``."""
 
     def build(folder: Path) -> Stage:
         return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder)[-1], name=name)
@@ -67,12 +45,22 @@ def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dic
     return _cached(root / name, {"recipe": r.fingerprint(), "data": data.fingerprint, "teacher": tinfo["sha256"]}, build)
 
 
+def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+    """The teacher, unpruned and untrained, quantized with the recipe's own quantize settings."""
+    r = with_values(recipe, {"student.model": TEACHER_FAMILY, "prune.enabled": False, "quantize.enabled": True})
+    return _built("teacher_int8", r, data, teacher, tinfo, root)
+
+
+def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+    """The teacher with ``search.baseline_prune_ratio`` of its channels pruned, distilled for
+    ``search.baseline_finetune``; fp32, as a user who only prunes would ship it."""
+    s = recipe.search
+    r = with_values(recipe, {"student.model": TEACHER_FAMILY, "distill.enabled": True, "prune.enabled": True,
+                             "prune.ratio": s.baseline_prune_ratio, "prune.finetune": s.baseline_finetune.model_dump(),
+                             "quantize.enabled": False})
+    return _built(f"teacher_pruned{int(round(100 * s.baseline_prune_ratio))}", r, data, teacher, tinfo, root)
+
+
 def student_without_kd(chosen: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
     """The chosen candidate's recipe with distillation off: same architecture, pruning and quantization."""
-    r = with_values(chosen, {"distill.enabled": False})
-
-    def build(folder: Path) -> Stage:
-        stage = compress_student(r, data, teacher, tinfo, folder)[-1]
-        return dataclasses.replace(stage, name="student_no_kd")
-
-    return _cached(root / "student_no_kd", {"recipe": r.fingerprint(), "data": data.fingerprint, "teacher": tinfo["sha256"]}, build)
+    return _built("student_no_kd", with_values(chosen, {"distill.enabled": False}), data, teacher, tinfo, root)

@@ -93,6 +93,16 @@ def from_teacher(recipe: Recipe) -> bool:
     return recipe.student.model == TEACHER_FAMILY
 
 
+def removes_channels(recipe: Recipe) -> bool:
+    return recipe.prune.enabled and recipe.prune.ratio > 0
+
+
+def trains(recipe: Recipe) -> bool:
+    """Whether the student is trained at all: a copy of the teacher that loses no channels is not (it is
+    the teacher, at most quantized); every other student is."""
+    return removes_channels(recipe) or not from_teacher(recipe)
+
+
 def build_student(recipe: Recipe, teacher: nn.Module, data: Dataset | None = None) -> nn.Module:
     """The untrained student: a registered family at the recipe's width and depth, or, for
     ``student.model: teacher``, a copy of the teacher with ``prune.ratio`` of its channels removed
@@ -100,7 +110,7 @@ def build_student(recipe: Recipe, teacher: nn.Module, data: Dataset | None = Non
     s = recipe.student
     if from_teacher(recipe):
         student = copy.deepcopy(teacher)
-        return _prune_and_adapt(student, recipe.prune, data) if recipe.prune.enabled else student
+        return _prune_and_adapt(student, recipe.prune, data) if removes_channels(recipe) else student
     return create_model(s.model, width=s.width, depth=s.depth)
 
 
@@ -119,12 +129,13 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     A scratch student is distilled with ``distill.train``, then pruned and fine-tuned with
     ``prune.finetune``. A student made from the teacher (``student.model: teacher``) already knows the
     task: it is pruned first and then distilled with the fine-tuning schedule, ``prune.finetune``
-    (prune, then distil: Sanh et al. 2020, Muralidharan et al. 2024).
+    (prune, then distil: Sanh et al. 2020, Muralidharan et al. 2024). Unpruned (``prune.ratio: 0`` or
+    pruning off), it is not trained: only exported and, with int8 on, quantized.
     """
     torch.manual_seed(recipe.seed)
     d, p, q = recipe.distill, recipe.prune, recipe.quantize
     if from_teacher(recipe):
-        schedules = [(p.finetune, "student_pruned_fp32" if p.enabled else "student_fp32")]
+        schedules = [(p.finetune, "student_pruned_fp32")] if removes_channels(recipe) else []
     else:
         schedules = [(d.train, "student_fp32")] + ([(p.finetune, "student_pruned_fp32")] if p.enabled else [])
     logits = teacher_logits_for([(d, t) for t, _ in schedules], teacher, data, teacher_info["sha256"])
@@ -137,6 +148,8 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
         train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits), val=data.val,
                seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None)
         stages.append(_export_stage(name, student, recipe, data, work))
+    if not schedules:  # the teacher itself, as is
+        stages.append(_export_stage("student_fp32", student, recipe, data, work))
     if q.enabled:
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
         path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)

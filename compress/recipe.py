@@ -79,6 +79,10 @@ class PruneConfig(_Section):
     enabled: bool = False
     ratio: float = Field(0.3, ge=0, lt=1)  # fraction of channels removed in every prunable layer
     importance: Literal["l1", "l2", "random"] = "l2"  # Torch-Pruning group magnitude importance
+    # Keep channel counts multiples of this (Torch-Pruning's round_to; kept counts round down). int8 kernels
+    # work on blocks of channels: the teacher pruned by 0.7 to 19-28-57-76 channels ran at p50 0.19 ms,
+    # rounded to 16-24-56-72 at 0.11 ms (int8, batch 1, one thread, this repo's reference machine).
+    round_to: int | None = Field(None, ge=1)
     finetune: TrainConfig = TrainConfig(epochs=3, lr=0.01, warmup_epochs=0)
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from compress.data import Dataset
 from compress.latency import measure
 from compress.models import macs_and_params
-from compress.pipeline import build_student, compress_student, from_teacher, model_metrics
+from compress.pipeline import build_student, compress_student, from_teacher, model_metrics, removes_channels, trains
 from compress.recipe import BRANCH_SEP, Branches, Range, Recipe, RecipeError, space_leaf, space_spec, with_values
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -169,16 +169,24 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
 
 
 def _switches_first(key: str) -> tuple[int, str]:
-    return (0 if key == "student.model" or key.endswith(".enabled") else 1, key)
+    """Sampling order: the switches, then the pruning ratio (0 leaves a teacher copy untrained), then the rest."""
+    return (0 if key == "student.model" or key.endswith(".enabled") else 1 if key == "prune.ratio" else 2, key)
 
 
 def applies(key: str, recipe: Recipe) -> bool:
     """Whether ``key`` shapes the model under ``recipe``'s other values: a width means nothing to a student
-    made from the teacher, an int8 format nothing when int8 is off, a KD temperature nothing without KD."""
+    made from the teacher, an int8 format nothing when int8 is off, a KD temperature nothing without KD or
+    without training (a teacher copy that loses no channels is not trained)."""
     section, field = key.split(".", 1)
     if section == "student" and field in ("width", "depth"):
         return not from_teacher(recipe)
-    if section in ("distill", "prune", "quantize") and field != "enabled":
+    if field == "enabled":
+        return section != "distill" or trains(recipe)
+    if section == "distill":
+        return recipe.distill.enabled and trains(recipe)
+    if section == "prune" and field != "ratio" and from_teacher(recipe):
+        return removes_channels(recipe)
+    if section in ("prune", "quantize"):
         return bool(getattr(recipe, section).enabled)
     return True
 

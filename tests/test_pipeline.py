@@ -69,3 +69,23 @@ def test_student_from_teacher_is_pruned_then_distilled(tiny_data, tmp_path):
     # Inherited weights: one epoch of prune.finetune (8 steps) lands far above chance (10%).
     from compress.export import onnx_accuracy
     assert onnx_accuracy(stages[0].onnx, tiny_data.val) > 0.4
+
+
+def test_unpruned_teacher_copy_is_the_teacher_untrained(tiny_data, tmp_path):
+    """A teacher copy that loses no channels is not trained and its BatchNorm is left alone: the exported
+    student computes the teacher's logits. (No epochs run: a trained copy would differ.)"""
+    import numpy as np
+
+    from compress.export import onnx_logits
+    from compress.pipeline import compress_student, trains
+    from compress.teacher import load_teacher
+    from compress.train import predict_logits
+
+    recipe = load_recipe("recipes/tiny.yaml", ["student.model=teacher", "prune.enabled=true", "prune.ratio=0",
+                                               "quantize.enabled=false"])
+    assert not trains(recipe)
+    teacher, tinfo = load_teacher(recipe.teacher)
+    stages = compress_student(recipe, tiny_data, teacher, tinfo, tmp_path)
+    assert [s.name for s in stages] == ["student_fp32"]
+    got = onnx_logits(stages[0].onnx, tiny_data.val.inputs().numpy())
+    np.testing.assert_allclose(got, predict_logits(teacher, tiny_data.val).numpy(), atol=1e-3)

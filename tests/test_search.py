@@ -192,7 +192,7 @@ def test_search_space_is_conditional_on_the_switches():
 
 
 BRANCHED = {
-    "student.model": {"teacher": {"prune.ratio": {"low": 0.55, "high": 0.8}, "quantize.format": ["qdq", "qoperator"]},
+    "student.model": {"teacher": {"prune.ratio": [0.0, 0.55, 0.7], "quantize.format": ["qdq", "qoperator"]},
                       "cnn": {"student.width": {"low": 4, "high": 16, "step": 4}, "prune.ratio": {"low": 0.2, "high": 0.5},
                               "quantize.enabled": False}},
     "distill.alpha": {"low": 0.5, "high": 1.0},
@@ -214,6 +214,10 @@ def test_branches_give_each_choice_its_own_subspace():
     teacher = suggest(optuna.trial.FixedTrial({"student.model": "teacher", "teacher/prune.ratio": 0.7,
                                                "teacher/quantize.format": "qdq", "distill.alpha": 0.7}), recipe)
     assert teacher == {"student.model": "teacher", "prune.ratio": 0.7, "quantize.format": "qdq", "distill.alpha": 0.7}
+    # Ratio 0 leaves the teacher untrained: no KD parameter is drawn (nor recorded) for it.
+    as_is = suggest(optuna.trial.FixedTrial({"student.model": "teacher", "teacher/prune.ratio": 0.0,
+                                             "teacher/quantize.format": "qoperator", "distill.alpha": 0.7}), recipe)
+    assert as_is == {"student.model": "teacher", "prune.ratio": 0.0, "quantize.format": "qoperator"}
     # Trial parameters (branch-prefixed) rebuild the candidate.
     assert with_values(recipe, {"student.model": "cnn", "cnn/prune.ratio": 0.3}).prune.ratio == 0.3
     assert sorted(space_choices(recipe, "quantize.enabled")) == [False]

@@ -27,7 +27,8 @@ def prune_(model: nn.Module, cfg: PruneConfig, input_shape=(1, 1, 28, 28)) -> nn
     example = torch.zeros(*input_shape)
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == _num_classes(model)]
     pruner = tp.pruner.MetaPruner(model, example, importance=_importance(cfg.importance),
-                                  pruning_ratio=cfg.ratio, ignored_layers=ignored, global_pruning=False)
+                                  pruning_ratio=cfg.ratio, ignored_layers=ignored, global_pruning=False,
+                                  round_to=cfg.round_to)
     pruner.step()
     return model
 

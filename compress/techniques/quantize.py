@@ -8,6 +8,8 @@ quantized dynamically: ConvInteger is many times slower than fp32 on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -42,13 +44,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre), str(out_path), _Reader(INPUT_NAME, calibration),
-            quant_format=fmt, per_channel=cfg.per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            # Calibration tensors are kept in a temp dir of their own, not next to the model.
-            extra_options={"CalibTensorRangeSymmetric": False},
-            calibration_providers=["CPUExecutionProvider"],
-        )
+        # The histogram calibrators print their progress ("Collecting tensor data ..."): not for our users.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre), str(out_path), _Reader(INPUT_NAME, calibration),
+                quant_format=fmt, per_channel=cfg.per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                # Calibration tensors are kept in a temp dir of their own, not next to the model.
+                extra_options={"CalibTensorRangeSymmetric": False},
+                calibration_providers=["CPUExecutionProvider"],
+            )
     return out_path
