@@ -26,13 +26,15 @@ from compress.export import export_onnx, onnx_accuracy
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
 from compress.models import macs_and_params
-from compress.pipeline import check_target, machine_info, model_metrics, summarize
+from compress.pipeline import check_target, machine_info, model_metrics, removes_channels, summarize, trains
 from compress.recipe import Recipe, RecipeError, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
 from compress.search import constraint_values, constraints, optimize, storage_url
 from compress.teacher import load_teacher
 
+
+_FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # ONNX Runtime's names
 
 def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
     m = t.user_attrs.get("metrics", {})
@@ -239,10 +241,11 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
     manifest = {
         "format": "compress-bundle/1", "name": recipe.name, "task": "image classification (Fashion-MNIST)",
         "labels": list(LABELS),
-        "compression": ", ".join(k for k, on in [("knowledge distillation", made.distill.enabled),
-                                                  ("structured pruning", made.prune.enabled),
+        "compression": ", ".join(k for k, on in [("knowledge distillation", made.distill.enabled and trains(made)),
+                                                  ("structured pruning", removes_channels(made)),
                                                   ("int8 static quantization", chosen["int8"])] if on) or "architecture only",
-        "format_note": "int8, QDQ/QOperator static quantization" if chosen["int8"] else "fp32",
+        "format_note": (f"int8, {_FORMAT_NAMES[made.quantize.format]} static quantization"
+                        + (", per-channel weights" if made.quantize.per_channel else "")) if chosen["int8"] else "fp32",
         "input": {"name": "input", "shape": ["batch", 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
         "output": {"name": "logits", "shape": ["batch", len(LABELS)],
                    "meaning": "unnormalised class scores (logits); softmax gives probabilities"},

@@ -44,6 +44,9 @@ def test_bundle_has_everything_a_serving_team_needs(bundle):
     assert json.loads(props["compress.labels"]) == m["labels"] and "compress.test_accuracy" in props
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "compress verify" in card and "Preprocessing" in card and m["labels"][9] in card
+    # The card names the int8 format the chosen candidate was quantized in (tiny_search: QDQ, per-channel).
+    assert m["format_note"] == ("int8, QDQ static quantization, per-channel weights"
+                                if m["recipe"]["quantize"]["enabled"] else "fp32")
 
 
 def test_bundle_verifies(bundle):
