@@ -32,9 +32,8 @@ from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plo
                              write_csv, write_csv_rows)
 from compress.search import constraint_values, constraints, optimize, storage_url
 from compress.teacher import load_teacher
+from compress.techniques.quantize import FORMAT_NAMES
 
-
-_FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # ONNX Runtime's names
 
 def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
     m = t.user_attrs.get("metrics", {})
@@ -244,7 +243,7 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
         "compression": ", ".join(k for k, on in [("knowledge distillation", made.distill.enabled and trains(made)),
                                                   ("structured pruning", removes_channels(made)),
                                                   ("int8 static quantization", chosen["int8"])] if on) or "architecture only",
-        "format_note": (f"int8, {_FORMAT_NAMES[made.quantize.format]} static quantization"
+        "format_note": (f"int8, {FORMAT_NAMES[made.quantize.format]} static quantization"
                         + (", per-channel weights" if made.quantize.per_channel else "")) if chosen["int8"] else "fp32",
         "input": {"name": "input", "shape": ["batch", 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
         "output": {"name": "logits", "shape": ["batch", len(LABELS)],

@@ -28,11 +28,13 @@ def test_pruning_removes_channels_and_model_still_runs(name, kwargs):
 
 
 def test_round_to_keeps_channel_counts_multiples():
-    model = create_model("resnet_small", widths=(64, 96, 192, 256), strides=(1, 2, 2, 2))
-    plain = [m.out_channels for m in prune_(create_model("resnet_small", widths=(64, 96, 192, 256), strides=(1, 2, 2, 2)),
-                                            PruneConfig(enabled=True, ratio=0.7)).modules() if isinstance(m, nn.Conv2d)]
-    prune_(model, PruneConfig(enabled=True, ratio=0.7, round_to=8))
-    rounded = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    def pruned_convs(**cfg):
+        model = prune_(create_model("resnet_small", widths=(64, 96, 192, 256), strides=(1, 2, 2, 2)),
+                       PruneConfig(enabled=True, ratio=0.7, **cfg))
+        return model, [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+    _, plain = pruned_convs()
+    model, rounded = pruned_convs(round_to=8)
     assert any(c % 8 for c in plain)  # 0.7 of 64-96-192-256 leaves 19-28-57-76 channels
     assert all(c % 8 == 0 and 0 < c <= p for c, p in zip(rounded, plain))  # rounded down, never to zero
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

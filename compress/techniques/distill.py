@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from compress.data import Dataset, Split
 from compress.recipe import DistillConfig, TrainConfig
@@ -39,8 +40,6 @@ def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str,
         logits = torch.load(path, weights_only=True)
         if logits.shape == (len(split), logits.shape[1]):
             return logits
-    from tqdm.auto import tqdm
-
     tqdm.write(f"teacher logits for {len(split):,} training images: computing them once (about a minute for the "
                f"default teacher on 2 cores), cached as {path}")
     logits = predict_logits(teacher, split, batch_size=500)

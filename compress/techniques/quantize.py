@@ -18,6 +18,7 @@ import numpy as np
 from compress.recipe import QuantizeConfig
 
 CALIBRATION_BATCH = 64
+FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # recipe value -> ONNX Runtime's QuantFormat member
 
 
 class _Reader:
@@ -39,7 +40,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
-    fmt = QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator
+    fmt = QuantFormat[FORMAT_NAMES[cfg.format]]
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
