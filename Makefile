@@ -19,7 +19,7 @@ setup: $(STAMP) dataset
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,examples]'
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist when apt-get is usable; otherwise the run tries torchvision's download

@@ -33,6 +33,20 @@ def _cmd_teacher(args) -> int:
     return 0
 
 
+def _cmd_inspect(args) -> int:
+    import json
+
+    from compress.overview import format_inspection, inspect_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    report = inspect_recipe(recipe)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_inspection(report))
+    return 0
+
+
 def _cmd_run(args) -> int:
     from compress.pipeline import run
     from compress.report import print_summary
@@ -137,6 +151,10 @@ def _cmd_predict(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="describe the recipe's data and teacher; does the teacher meet the service level?")
+    _recipe_args(p)
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(func=_cmd_inspect)
     p = sub.add_parser("teacher", help="train the recipe's teacher; writes checkpoint, ONNX and teacher.json")
     _recipe_args(p)
     p.set_defaults(func=_cmd_teacher)
@@ -168,14 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-runs", type=int, default=1000, help="timed runs per model and process, at least")
     p.add_argument("--out", default="results/latency_stability.json")
     p.set_defaults(func=_cmd_stability)
-    p = sub.add_parser("verify", help="check an artifact bundle: hashes, sample outputs, latency here, test accuracy")
+    p = sub.add_parser("verify", help="check an artifact bundle: hashes, manifest, sample outputs, latency here, "
+                                      "test accuracy")
     p.add_argument("bundle", help="the artifact folder, e.g. results/fashion_mnist/artifact")
-    p.add_argument("--data", help="folder with the t10k IDX files (default: .data/ or Debian's package)")
+    p.add_argument("--data", help="Fashion-MNIST bundles: folder with the t10k IDX files (default: .data/ or Debian's "
+                                  "package); other bundles carry their test split when it is small enough")
     p.add_argument("--latency-seconds", type=float, default=3.0)
     p.set_defaults(func=_cmd_verify)
-    p = sub.add_parser("predict", help="label images (PNG/JPEG) or .npy arrays with an artifact bundle")
+    p = sub.add_parser("predict", help="label inputs with an artifact bundle: image files of any size and mode, "
+                                       ".npy arrays, or .csv rows of features")
     p.add_argument("bundle")
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, ...) or .npy for image models; .npy or .csv "
+                                             "(one sample per row) for feature-vector models")
     p.add_argument("--json", action="store_true", help="print labels and all probabilities as JSON")
     p.set_defaults(func=_cmd_predict)
     return parser

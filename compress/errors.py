@@ -27,3 +27,7 @@ class RecipeError(CompressError, ValueError):
 
 class TargetError(CompressError):
     """The requested device (or a model's format on it) cannot be measured on this machine."""
+
+
+class ModelFileError(CompressError):
+    """A file given as a model is not one that can be loaded (not ONNX, corrupt, wrong input)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shutil
 import warnings
 from pathlib import Path
 
@@ -10,30 +13,55 @@ import torch
 import torch.nn as nn
 
 from compress.data import INPUT_SHAPE, Split
-from compress.errors import ParityError
+from compress.errors import CompressError, ParityError
+from compress.spec import INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+class ExportError(CompressError):
+    """No torch.onnx exporter could export the model."""
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
-    """Export ``model`` (eval mode, batch axis dynamic) and run ``onnx.checker`` on the file."""
+def _torchscript_export(model, dummy, path: Path, opset: int) -> None:
+    # The TorchScript exporter folds BatchNorm into Conv and needs no onnxscript graph rewrites for plain
+    # CNNs; it is deprecated upstream, so the dynamo exporter is the fallback for what it cannot trace.
+    torch.onnx.export(model, (dummy,), str(path), opset_version=opset, dynamo=False,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def _dynamo_export(model, dummy, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(model, (dummy,), str(path), opset_version=opset, dynamo=True, external_data=False,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},))
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, input_shape=INPUT_SHAPE) -> Path:
+    """Export ``model`` for samples of ``input_shape`` (eval mode, batch axis dynamic) through whichever
+    torch.onnx exporter works for it, and run ``onnx.checker`` on the file. A teacher that is an ONNX file
+    already is copied as it is."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    source = getattr(model, "path", None)
+    if source is not None and Path(source).suffix == ".onnx":  # an OnnxTeacher
+        shutil.copyfile(source, path)
+        return path
     model = model.eval().to(memory_format=torch.contiguous_format)
-    dummy = torch.zeros(1, *INPUT_SHAPE)
-    with warnings.catch_warnings():
-        # dynamo=False: the TorchScript exporter folds BatchNorm into Conv and needs no onnxscript graph
-        # rewrites for these plain CNNs; it is deprecated upstream, so this is the one place to change.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (dummy,), str(path), opset_version=opset, dynamo=False,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    onnx.checker.check_model(str(path), full_check=True)
-    return path
+    errors = []
+    # dynamo specialises a dimension of size 1, so its example batch is 2.
+    for name, export, batch in (("TorchScript", _torchscript_export, 1), ("dynamo", _dynamo_export, 2)):
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                export(model, torch.zeros(batch, *input_shape), path, opset)
+            onnx.checker.check_model(str(path), full_check=True)
+            return path
+        except Exception as err:  # noqa: BLE001 - try the next exporter, report both
+            errors.append(f"{name} exporter: {type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
+            path.unlink(missing_ok=True)
+    raise ExportError(f"could not export {type(model).__name__} to ONNX (opset {opset}, input "
+                      f"{[1, *input_shape]}): " + "; ".join(errors))
 
 
 def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from compress.errors import TargetError
+from compress.errors import ModelFileError, TargetError
 
 if TYPE_CHECKING:  # at run time any object with these fields will do: verify runs without pydantic
     from compress.recipe import LatencyConfig
@@ -113,7 +113,14 @@ def make_session(path: str | Path, threads: int, device: str = "cpu"):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    if not Path(path).is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime's protobuf / graph errors
+        msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({msg}); give an .onnx file, e.g. one written by "
+                             "compress (results/<study>/artifact/model.onnx) or by torch.onnx.export") from None
 
 
 def backend_for(device: str) -> str:

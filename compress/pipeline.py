@@ -23,9 +23,10 @@ from compress.export import check_parity, export_onnx, onnx_accuracy
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
 from compress.errors import TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
-from compress.models import create_model, macs_and_params
-from compress.recipe import PruneConfig, Recipe, RecipeError, space_choices
-from compress.teacher import load_teacher
+from compress.models import build_model
+from compress.recipe import PruneConfig, Recipe, RecipeError, space_choices, with_values
+from compress.spec import InputSpec
+from compress.teacher import load_teacher, teacher_size
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8
@@ -50,8 +51,8 @@ class Stage:
     parity: dict
 
     @classmethod
-    def of(cls, name: str, onnx: Path, model: nn.Module, int8: bool, parity: dict) -> "Stage":
-        macs, params = macs_and_params(model)
+    def of(cls, name: str, onnx: Path, model: nn.Module, int8: bool, parity: dict, spec: InputSpec) -> "Stage":
+        macs, params = teacher_size(model, spec)
         return cls(name, onnx, macs, params, int8, parity)
 
 
@@ -69,6 +70,36 @@ def check_target(recipe: Recipe) -> str:
             "with PyTorch on CUDA, which cannot run int8 ONNX graphs; install onnxruntime-gpu, or set "
             "quantize.enabled: false and leave quantize.enabled out of search.space")
     return backend
+
+
+def check_teacher_use(recipe: Recipe, teacher_info: dict) -> None:
+    """A student made by pruning the teacher needs a teacher Torch-Pruning can reshape (a PyTorch module)."""
+    if teacher_info.get("prunable", True):
+        return
+    for r in [with_values(recipe, {"student.model": c}) for c in space_choices(recipe, "student.model")]:
+        if from_teacher(r) and any(v for v in space_choices(r, "prune.ratio")) and True in space_choices(r, "prune.enabled"):
+            raise RecipeError(
+                f"student.model = 'teacher' prunes the teacher, but teacher.checkpoint {teacher_info['checkpoint']} is "
+                f"a {teacher_info['format']} file, which cannot be pruned; give the teacher as a state_dict (with "
+                "teacher.model) or a pickled module, or search student families (cnn, mlp, tv:<arch>, an import path)")
+
+
+def check_students(recipe: Recipe, spec: InputSpec) -> None:
+    """Build every student family the recipe may use once, so a wrong name or kwarg fails before training."""
+    for choice in space_choices(recipe, "student.model"):
+        r = with_values(recipe, {"student.model": choice})
+        if not from_teacher(r):
+            build_model(choice, spec, student_kwargs(r), "student.model")
+
+
+def prepare(recipe: Recipe, data: Dataset | None = None) -> tuple[Dataset, nn.Module, dict]:
+    """Everything a run needs, every input checked before any work: target, data, teacher, students."""
+    check_target(recipe)
+    data = data or load_dataset(recipe.data)
+    teacher, tinfo = load_teacher(recipe.teacher, data.spec)
+    check_teacher_use(recipe, tinfo)
+    check_students(recipe, data.spec)
+    return data, teacher, tinfo
 
 
 def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
@@ -103,20 +134,25 @@ def trains(recipe: Recipe) -> bool:
     return removes_channels(recipe) or not from_teacher(recipe)
 
 
-def build_student(recipe: Recipe, teacher: nn.Module, data: Dataset | None = None) -> nn.Module:
-    """The untrained student: a registered family at the recipe's width and depth, or, for
-    ``student.model: teacher``, a copy of the teacher with ``prune.ratio`` of its channels removed
-    (BatchNorm re-estimated on ``data``'s training images when given)."""
+def student_kwargs(recipe: Recipe) -> dict:
     s = recipe.student
+    return {**s.kwargs, **{k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None}}
+
+
+def build_student(recipe: Recipe, teacher: nn.Module, spec: InputSpec, data: Dataset | None = None) -> nn.Module:
+    """The untrained student: the recipe's family built for ``spec`` with its kwargs, or, for
+    ``student.model: teacher``, the teacher with ``prune.ratio`` of its channels removed from a copy
+    (BatchNorm re-estimated on ``data``'s training images when given); unpruned, the teacher itself."""
     if from_teacher(recipe):
-        student = copy.deepcopy(teacher)
-        return _prune_and_adapt(student, recipe.prune, data) if removes_channels(recipe) else student
-    return create_model(s.model, width=s.width, depth=s.depth)
+        if not removes_channels(recipe):
+            return teacher  # not trained, not changed: exported (and quantized) as it is
+        return _prune_and_adapt(copy.deepcopy(teacher), recipe.prune, spec, data)
+    return build_model(recipe.student.model, spec, student_kwargs(recipe), "student.model")
 
 
-def _prune_and_adapt(model: nn.Module, cfg: PruneConfig, data: Dataset | None) -> nn.Module:
+def _prune_and_adapt(model: nn.Module, cfg: PruneConfig, spec: InputSpec, data: Dataset | None) -> nn.Module:
     """Prune, then re-estimate BatchNorm statistics on training images (skipped without ``data``)."""
-    model = prune_(model, cfg)
+    model = prune_(model, cfg, spec.batch_shape(1))
     if data is None:
         return model
     return adapt_batchnorm(model, (x for _, x, _ in batches(data.train, 256)))
@@ -139,11 +175,11 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     else:
         schedules = [(d.train, "student_fp32")] + ([(p.finetune, "student_pruned_fp32")] if p.enabled else [])
     logits = teacher_logits_for([(d, t) for t, _ in schedules], teacher, data, teacher_info["sha256"])
-    student = build_student(recipe, teacher, data)
+    student = build_student(recipe, teacher, data.spec, data)
     stages: list[Stage] = []
     for i, (schedule, name) in enumerate(schedules):
         if i:  # the scratch student's second schedule: prune, then fine-tune
-            student = _prune_and_adapt(student, p, data)
+            student = _prune_and_adapt(student, p, data.spec, data)
         desc = ("distill" if d.enabled else "train") + ("" if name == "student_fp32" else " (pruned)")
         train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits), val=data.val,
                seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None)
@@ -154,14 +190,15 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
         path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)
         parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
-        stages.append(Stage.of(path.stem, path, student, True, {**parity, "calibration_fingerprint": calib_fp}))
+        stages.append(Stage.of(path.stem, path, student, True, {**parity, "calibration_fingerprint": calib_fp},
+                               data.spec))
     return stages
 
 
 def _export_stage(name: str, model: nn.Module, recipe: Recipe, data: Dataset, work: Path) -> Stage:
-    path = export_onnx(model, work / f"{name}.onnx", recipe.export.opset)
+    path = export_onnx(model, work / f"{name}.onnx", recipe.export.opset, data.spec.shape)
     parity = check_parity(model, path, data.val, int8=False, max_abs_diff=recipe.export.fp32_max_abs_diff)
-    return Stage.of(name, path, model, False, parity)
+    return Stage.of(name, path, model, False, parity, data.spec)
 
 
 def _ratio_p50(rec: dict) -> float:
@@ -182,9 +219,7 @@ def summarize(teacher: dict, artifact: dict) -> dict:
 def run(recipe: Recipe, data: Dataset | None = None) -> dict:
     """The single-recipe job: writes ``results/<name>/`` and returns its summary."""
     t0 = time.time()
-    check_target(recipe)
-    data = data or load_dataset(recipe.data)
-    teacher, tinfo = load_teacher(recipe.teacher)
+    data, teacher, tinfo = prepare(recipe, data)
     out = recipe.out_path
     work = staging_dir(out)
     try:

@@ -23,16 +23,63 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+SOURCES = ("fashion_mnist", "torchvision", "folder", "arrays", "import")
+
+
 class DataConfig(_Section):
-    dataset: Literal["fashion_mnist"] = "fashion_mnist"
-    root: str | None = None  # None: Debian's /usr/share/datasets/fashion-mnist, else .data/ (torchvision download)
-    val_size: int = Field(5000, ge=1, le=30000)  # carved from the official training set, seeded and fixed
+    # Where the data come from (one module each under compress/data/):
+    #   fashion_mnist  the embedded default (Debian's dataset-fashion-mnist, read by torchvision)
+    #   torchvision    a torchvision dataset by class name (name: MNIST, CIFAR10, ...) under root
+    #   folder         an ImageFolder tree (root, split by seed), or separate train_dir/val_dir/test_dir trees
+    #   arrays         a .npz file (path) with x_train, y_train, x_test, y_test[, x_val, y_val, labels]:
+    #                  images N x H x W, N x H x W x C or N x C x H x W (uint8 or float), or vectors N x D
+    #   import         factory: package.module:function (kwargs) returning (train, val or None, test)
+    source: Literal["fashion_mnist", "torchvision", "folder", "arrays", "import"] = "fashion_mnist"
+    root: str | None = None  # fashion_mnist: None is Debian's /usr/share/datasets/fashion-mnist, else .data/
+    name: str | None = None  # torchvision: the dataset class, e.g. CIFAR10
+    download: bool = False  # torchvision: may it download (needs network; this project's machines have none)
+    path: str | None = None  # arrays: the .npz file
+    train_dir: str | None = None  # folder: separate trees (val_dir optional; test_dir required with train_dir)
+    val_dir: str | None = None
+    test_dir: str | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # folder with one tree: the share held out as the test split
+    factory: str | None = None  # import: package.module:function
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # import: passed to the factory
+    # Images: the model's input size and channels; None keeps the data's own (the first image's, for folders).
+    image_size: int | list[int] | None = None  # an int is square; [height, width]
+    resize: int | None = Field(None, ge=1)  # resize the shorter side to this, then centre-crop to image_size
+    channels: Literal[1, 3] | None = None  # 1 grayscale, 3 RGB
+    # Normalisation: per channel (images) or per feature (vectors); None computes them on the training split
+    # (Fashion-MNIST keeps its published 0.2860 / 0.3530).
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    labels: list[str] | None = None  # class names in label order; None: the data's own, else "0", "1", ...
+    val_size: int = Field(5000, ge=1)  # carved from the training set when the data has no validation split
+    val_fraction: float | None = Field(None, gt=0, lt=1)  # instead of val_size: a share of the training set
     split_seed: int = 0  # the train/validation split never changes with the run's seed
     # Tiny runs (tests, smoke checks) take the first N of each split; None uses the whole split.
     train_subset: int | None = Field(None, ge=1)
     val_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        need = {"torchvision": ["name"], "arrays": ["path"], "import": ["factory"]}.get(self.source, [])
+        if self.source == "folder" and not (self.root or self.train_dir):
+            need = ["root"]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"source {self.source!r} needs data.{missing[0]}")
+        if self.source == "folder" and self.train_dir and not self.test_dir:
+            raise ValueError("source 'folder' with train_dir needs test_dir too (val_dir is optional)")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory {self.factory!r}: expected package.module:function")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then they come from the training split)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std values must be positive")
+        return self
 
 
 class TrainConfig(_Section):
@@ -42,29 +89,51 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)  # linear warm-up, then cosine to zero
-    # Random 2-pixel shifts and horizontal flips: worth ~1pp for the teacher. When on, distillation
-    # cannot reuse cached teacher logits (each view needs its own), so students default to off.
-    augment: bool = False
+    # Images only. true: random 2-pixel shifts and horizontal flips (worth ~1pp for the Fashion-MNIST
+    # teacher); or a list of [shift, hflip] (no flips for digits or text). When on, distillation cannot reuse
+    # cached teacher logits (each view needs its own), so students default to off.
+    augment: bool | list[Literal["shift", "hflip"]] = False
     # bf16 autocast + channels_last: ~3x faster training on AVX-512 BF16 CPUs, same accuracy here.
     bf16: bool = False
+    # Where training runs: auto is a CUDA GPU when this machine has one, else the CPU. Latency is always
+    # measured on target.device, whatever trained the model.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        if self.augment is True:
+            return ("shift", "hflip")
+        return tuple(self.augment or ())
 
 
 class TeacherConfig(_Section):
-    model: str = "resnet_small"  # a registered family, or "tv:<torchvision arch>"
+    # A registered family (resnet_small, cnn, mlp), "tv:<torchvision arch>", or an import path
+    # "package.module:factory" called with model_kwargs (and num_classes / in_channels / in_features when
+    # it takes them). Not needed when the checkpoint carries its own architecture (TorchScript,
+    # torch.export, a pickled module, ONNX, or one written by `compress teacher`).
+    model: str = "resnet_small"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     # Where the trained checkpoint lives. A file that exists is loaded (and checked against sha256 and the
-    # teacher.json beside it); `compress teacher` writes it.
+    # teacher.json beside it); `compress teacher` writes it. Formats: a state_dict (plain, or under
+    # "state_dict"/"model", with a "module."-style prefix stripped), TorchScript, torch.export (.pt2), a
+    # pickled nn.Module (only with trust_pickle), or an ONNX file (.onnx: its logits come from ONNX Runtime).
     checkpoint: str = "teachers/fashion_mnist_resnet/model.pt"
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # pin an exact checkpoint
+    # Unpickling a whole module runs code from the file: allowed only when the recipe says it trusts it.
+    trust_pickle: bool = False
     train: TrainConfig = TrainConfig(epochs=15, lr=0.1, augment=True, bf16=True)
 
 
 class StudentConfig(_Section):
-    # A registered family (cnn, resnet_small), "tv:<torchvision arch>", or "teacher": a copy of the teacher,
-    # weights included, shrunk by prune.ratio before distillation (width and depth then do not apply).
+    # A registered family (cnn and resnet_small for images, mlp for vectors), "tv:<torchvision arch>", an
+    # import path "package.module:factory", or "teacher": a copy of the teacher, weights included, shrunk by
+    # prune.ratio before distillation (width, depth and kwargs then do not apply).
     model: str = "cnn"
-    width: int = Field(16, ge=1, le=512)  # channels of the first stage; stages double it
-    depth: int = Field(2, ge=1, le=8)  # conv layers per stage
+    # Shorthands for the families that take them (cnn: channels of the first stage, doubled per stage, and
+    # conv layers per stage; mlp: hidden units and hidden layers); None is the family's default.
+    width: int | None = Field(None, ge=1, le=4096)
+    depth: int | None = Field(None, ge=1, le=16)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # any other constructor argument; searchable
 
 
 class DistillConfig(_Section):
@@ -83,6 +152,9 @@ class PruneConfig(_Section):
     # work on blocks of channels: the teacher pruned by 0.7 to 19-28-57-76 channels ran at p50 0.19 ms,
     # rounded to 16-24-56-72 at 0.11 ms (int8, batch 1, one thread, this repo's reference machine).
     round_to: int | None = Field(None, ge=1)
+    # Module names (as in model.named_modules()) left unpruned, e.g. a layer Torch-Pruning cannot handle.
+    # The classifier (the layer producing the class scores) is always kept.
+    ignore: list[str] = Field(default_factory=list)
     finetune: TrainConfig = TrainConfig(epochs=3, lr=0.01, warmup_epochs=0)
 
 
@@ -285,21 +357,33 @@ def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
         node = data
         *parents, leaf = key.rsplit(BRANCH_SEP, 1)[-1].split(".")
         for part in parents:
-            node = node[part]
+            node = node.setdefault(part, {}) if isinstance(node, dict) and part not in node else node[part]
         node[leaf] = value
     return Recipe.model_validate(data)
 
 
 def space_leaf(recipe: Recipe, key: str) -> Any:
-    """The recipe's current value at ``key``; raises KeyError when the path does not name a field."""
+    """The recipe's current value at ``key``; raises KeyError when the path does not name a field. Inside a
+    free-form mapping (``student.kwargs.<name>``) any name is allowed and an unset one is None."""
     node: Any = recipe
     for part in key.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+            continue
         if not isinstance(node, BaseModel) or part not in type(node).model_fields:
             raise KeyError(part)
         node = getattr(node, part)
     if isinstance(node, BaseModel):
         raise KeyError(key)
     return node
+
+
+def range_is_int(spec: "Range", current: Any) -> bool:
+    """Whether a range searches whole numbers: the field holds an int, or (unset field, e.g. a kwarg or
+    student.width left to the family's default) low, high and step are all whole numbers."""
+    if current is None:
+        return all(float(v).is_integer() for v in (spec.low, spec.high, spec.step or 1))
+    return isinstance(current, int) and not isinstance(current, bool)
 
 
 class Branches(dict):
@@ -354,6 +438,8 @@ def _check_space(recipe: Recipe, source: str, space: dict | None = None, prefix:
             raise RecipeError(f"{source}: invalid recipe\n  {where}: the {key.split('.')[0]} section is not "
                               "searchable; search student, distill, prune or quantize fields")
         if isinstance(spec, Range):
+            if current is None:
+                current = int(spec.low) if range_is_int(spec, None) else float(spec.low)
             if isinstance(current, bool) or not isinstance(current, (int, float)):
                 raise RecipeError(f"{source}: invalid recipe\n  {where} = {spec.model_dump()}: a range needs a "
                                   f"numeric field, and {key} is {current!r}; give a list of choices instead")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 
+def mmacs(macs: int | None) -> str:
+    """MACs in millions; "n/a" for a teacher whose operations cannot be counted (TorchScript, ONNX)."""
+    return "n/a" if macs is None else f"{macs / 1e6:.2f}"
+
+
 def _row(name: str, m: dict) -> str:
     return (f"{name:<10} {100 * m['val_accuracy']:>7.2f}% {100 * m['test_accuracy']:>7.2f}% "
             f"{m['latency_p50_ms']:>9.3f} {m['latency_p95_ms']:>9.3f} {m['params']:>10,} "
-            f"{m['macs'] / 1e6:>8.2f} {m['size_bytes'] / 1024:>9.1f}")
+            f"{mmacs(m['macs']):>8} {m['size_bytes'] / 1024:>9.1f}")
 
 
 def summary_table(summary: dict) -> str:
@@ -117,7 +122,7 @@ def plot_pareto_html(path, trials: list[dict], refs: dict[str, dict], slo_p95_ms
 
     def hover(r):
         return (f"val {100 * r['val_accuracy']:.2f}% test {100 * r['test_accuracy']:.2f}%<br>p50 {r['latency_p50_ms']:.3f} "
-                f"ms p95 {r['latency_p95_ms']:.3f} ms<br>{r['params']:,} params, {r['macs'] / 1e6:.2f} MMACs"
+                f"ms p95 {r['latency_p95_ms']:.3f} ms<br>{r['params']:,} params, {mmacs(r['macs'])} MMACs"
                 f"<br>{_label(r)}")
 
     fig = go.Figure()

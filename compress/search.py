@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.latency import measure
-from compress.models import macs_and_params
+from compress.teacher import teacher_size
 from compress.pipeline import build_student, compress_student, from_teacher, model_metrics, removes_channels, trains
-from compress.recipe import BRANCH_SEP, Branches, Range, Recipe, RecipeError, space_leaf, space_spec, with_values
+from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, RecipeError, range_is_int, space_leaf, space_spec,
+                             with_values)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -193,7 +194,7 @@ def applies(key: str, recipe: Recipe) -> bool:
 
 def _suggest_one(trial: optuna.Trial, name: str, spec: Any, current: Any) -> Any:
     if isinstance(spec, Range):
-        if isinstance(current, int) and not isinstance(current, bool):
+        if range_is_int(spec, current):
             return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
         return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
     if isinstance(spec, (list, Branches)):
@@ -246,8 +247,8 @@ class Objective:
         work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        macs, _ = macs_and_params(build_student(r, self.teacher))
-        curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs, 1)))}")
+        macs, _ = teacher_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
+        curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}")
         curve = curves.ask()
         trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")
         # After the last epoch of a student's only training, measuring it costs less than pruning would save.

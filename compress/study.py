@@ -21,17 +21,15 @@ from tqdm.auto import tqdm
 
 from compress import baselines as bl
 from compress.capacity import capacity_markdown, plan_for
-from compress.data import load_dataset
 from compress.export import export_onnx, onnx_accuracy
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
-from compress.models import macs_and_params
-from compress.pipeline import check_target, machine_info, model_metrics, removes_channels, summarize, trains
+from compress.pipeline import machine_info, model_metrics, prepare, removes_channels, summarize, trains
 from compress.recipe import Recipe, RecipeError, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
 from compress.search import constraint_values, constraints, optimize, storage_url
-from compress.teacher import load_teacher
+from compress.teacher import teacher_size
 from compress.techniques.quantize import FORMAT_NAMES
 
 
@@ -54,15 +52,13 @@ def _with_latency(rec: dict, alone, interleaved) -> dict:
 def run_study(recipe: Recipe) -> dict:
     """The whole job; returns summary.json's content."""
     t0 = time.time()
-    check_target(recipe)
-    data = load_dataset(recipe.data)
-    teacher, tinfo = load_teacher(recipe.teacher)
+    data, teacher, tinfo = prepare(recipe)
     out = recipe.out_path
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # present only once this run's report is complete
     write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
-    teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset)  # cheap; never stale
-    macs, params = macs_and_params(teacher)
+    teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset, data.spec.shape)  # never stale
+    macs, params = teacher_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
                    "test_accuracy": onnx_accuracy(teacher_onnx, data.test), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
@@ -228,29 +224,19 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
 
 
 def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep_rows) -> None:
-    from compress.artifact import write_bundle
-    from compress.data import LABELS, MEAN, STD
-    from compress.export import onnx_logits
+    from compress.artifact import spec_fields, write_bundle
 
     model = Path(chosen["artifact_path"])
     made = with_values(recipe, chosen["params_"])
-    x = data.test.inputs(slice(0, 8)).numpy()
     lat = chosen["latency"]
     parity = chosen.get("parity", {})
     manifest = {
-        "format": "compress-bundle/1", "name": recipe.name, "task": "image classification (Fashion-MNIST)",
-        "labels": list(LABELS),
+        "name": recipe.name, **spec_fields(data.spec),
         "compression": ", ".join(k for k, on in [("knowledge distillation", made.distill.enabled and trains(made)),
                                                   ("structured pruning", removes_channels(made)),
                                                   ("int8 static quantization", chosen["int8"])] if on) or "architecture only",
         "format_note": (f"int8, {FORMAT_NAMES[made.quantize.format]} static quantization"
                         + (", per-channel weights" if made.quantize.per_channel else "")) if chosen["int8"] else "fp32",
-        "input": {"name": "input", "shape": ["batch", 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": "logits", "shape": ["batch", len(LABELS)],
-                   "meaning": "unnormalised class scores (logits); softmax gives probabilities"},
-        "preprocessing": {"description": "28x28 grayscale uint8 pixels (0 = background), scaled to [0, 1], then "
-                                         "normalised by the training set's mean and std", "scale": 1 / 255,
-                          "mean": MEAN, "std": STD},
         "metrics": {"val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
                     "teacher_val_accuracy": teacher_rec["val_accuracy"],
                     "teacher_test_accuracy": teacher_rec["test_accuracy"], "test_size": len(data.test),
@@ -266,8 +252,8 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
                     "calibration_fingerprint": parity.get("calibration_fingerprint"), "seed": recipe.seed,
                     "model_sha256_before_metadata": sha256_file(model)},
     }
-    write_bundle(out / "artifact", model, manifest, (x, onnx_logits(model, x)), data.test.images[:8].numpy(),
-                 sweep_rows)
+    # The raw test split: the bundle's samples are its first rows, and it travels whole when small enough.
+    write_bundle(out / "artifact", model, manifest, (data.test.raw.numpy(), data.test.labels.numpy()), sweep_rows)
 
 
 def print_study_summary(summary: dict) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from compress.data import Split, augment, batches
+from compress.errors import RecipeError, TargetError
 from compress.recipe import TrainConfig
 
 # loss(student_logits, labels, batch_index, batch_inputs) -> scalar
@@ -25,10 +26,24 @@ def hard_label_loss(logits, labels, idx, x):
     return F.cross_entropy(logits, labels)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: a CUDA GPU when this machine has one, else the CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TargetError("train.device = 'cuda', but PyTorch sees no CUDA GPU on this machine; use auto or cpu")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for every sample of ``split`` on the model's device, returned on the CPU."""
     model.eval()
-    return torch.cat([model(x) for _, x, _ in batches(split, batch_size)])
+    device = model_device(model)
+    return torch.cat([model(x.to(device)).float().cpu() for _, x, _ in batches(split, batch_size)])
 
 
 def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
@@ -58,7 +73,13 @@ def train_(
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` in place; returns the validation accuracy after each epoch (empty without ``val``)."""
+    """Train ``model`` in place on ``cfg.device``; returns the validation accuracy after each epoch (empty
+    without ``val``). The model is back on the CPU, in eval mode, when this returns."""
+    device = resolve_device(cfg.device)
+    kinds = cfg.augmentations
+    if kinds and train.raw.dim() != 4:
+        raise RecipeError(f"augment = {cfg.augment!r}: augmentation (shift, hflip) is for images, and these data are "
+                          "feature vectors; set augment: false")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(train) / cfg.batch_size)
@@ -69,8 +90,8 @@ def train_(
         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
-    fmt = torch.channels_last if cfg.bf16 else torch.contiguous_format
-    model.to(memory_format=fmt)
+    fmt = torch.channels_last if cfg.bf16 and train.raw.dim() == 4 else torch.contiguous_format
+    model.to(device=device, memory_format=fmt)
     history: list[float] = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -79,10 +100,10 @@ def train_(
         seen = correct = 0
         loss_sum = 0.0
         for idx, x, y in bar:
-            if cfg.augment:
-                x = augment(x, gen)
-            x = x.contiguous(memory_format=fmt)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            if kinds:
+                x = augment(x, gen, kinds=kinds)
+            x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(x)
             loss = loss_fn(logits.float(), y, idx, x)
             opt.zero_grad(set_to_none=True)
@@ -104,6 +125,6 @@ def train_(
             if on_epoch is not None:
                 on_epoch(epoch, acc)
         tqdm.write(msg)
-    model.to(memory_format=torch.contiguous_format)
+    model.to(device="cpu", memory_format=torch.contiguous_format)
     model.eval()
     return history

@@ -33,6 +33,7 @@ def bundle(tiny_study, tmp_path):
 def test_bundle_has_everything_a_serving_team_needs(bundle):
     m = load_manifest(bundle)
     for rel in ["model.onnx", "MODEL_CARD.md", "samples/inputs.npy", "samples/outputs.npy", "samples/image_0.png",
+                "samples/labels.npy",
                 f"triton/{m['triton']['model_name']}/config.pbtxt", f"triton/{m['triton']['model_name']}/1/model.onnx"]:
         assert (bundle / rel).is_file(), rel
         assert rel in m["files"]
@@ -40,6 +41,9 @@ def test_bundle_has_everything_a_serving_team_needs(bundle):
                 "recipe", "trial", "lineage", "packages"]:
         assert key in m, key
     assert set(m["lineage"]) >= {"teacher_sha256", "dataset_fingerprint", "calibration_fingerprint", "seed"}
+    # Fashion-MNIST's test split stays in Debian's package, never in results/.
+    assert m["format"] == "compress-bundle/2" and "samples/test.npz" not in m["files"] and not m["test_split"]["bundled"]
+    assert m["input"]["shape"] == ["batch", 1, 28, 28] and m["preprocessing"]["source"].startswith("Fashion-MNIST")
     props = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
     assert json.loads(props["compress.labels"]) == m["labels"] and "compress.test_accuracy" in props
     card = (bundle / "MODEL_CARD.md").read_text()
@@ -68,7 +72,7 @@ def test_verify_runs_without_torch(bundle):
     proc = subprocess.run([sys.executable, "-c", VERIFY_WITHOUT_TORCH, str(bundle)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "VERIFIED" in proc.stdout and "test accuracy here" in proc.stdout
+    assert "VERIFIED" in proc.stdout and "Fashion-MNIST test images" in proc.stdout  # the first test_size of them
 
 
 def test_predict_images_and_arrays(bundle):
@@ -81,9 +85,13 @@ def test_predict_images_and_arrays(bundle):
     assert [r["label"] for r in out[1:]] == [m["labels"][i] for i in recorded.argmax(1)]
     assert out[0]["label"] == out[1]["label"]  # the PNG is the same image as the first array row
     assert abs(sum(out[0]["probabilities"].values()) - 1) < 1e-4
-    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(bundle / "rgb.png")
-    with pytest.raises(BundleError, match="3 channel.*takes 1"):
-        predict(bundle, [str(bundle / "rgb.png")])
+    # Another mode and size: converted to grayscale and resized to 28x28, as the spec records.
+    with Image.open(bundle / "samples" / "image_0.png") as img:
+        img.convert("RGB").resize((56, 56), Image.NEAREST).save(bundle / "rgb.png")
+    assert predict(bundle, [str(bundle / "rgb.png")])[0]["label"] == out[0]["label"]
+    (bundle / "notes.png").write_text("not an image")
+    with pytest.raises(BundleError, match="notes.png: not an image"):
+        predict(bundle, [str(bundle / "notes.png")])
 
 
 def test_wrong_shape_input_fails_clearly(bundle, tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import compress.data as data_mod
+import compress.data.fashion_mnist as data_mod
 from compress.data import DatasetError, augment, calibration_inputs, load_dataset
 from compress.recipe import DataConfig
 

@@ -58,7 +58,7 @@ def test_student_from_teacher_is_pruned_then_distilled(tiny_data, tmp_path):
     recipe = load_recipe("recipes/tiny.yaml", ["student.model=teacher", "prune.ratio=0.75",
                                                "quantize.enabled=false"])
     teacher, tinfo = load_teacher(recipe.teacher)
-    student = build_student(recipe, teacher)
+    student = build_student(recipe, teacher, tiny_data.spec)
     t_params = sum(p.numel() for p in teacher.parameters())
     s_params = sum(p.numel() for p in student.parameters())
     assert s_params < 0.2 * t_params  # 75% of the channels gone: ~1/16 of the weights

@@ -35,3 +35,18 @@ def test_qoperator_format_emits_qlinear_ops(tmp_path, tiny_data):
     int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calib, QuantizeConfig(enabled=True, format="qoperator"))
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert "QLinearConv" in ops
+
+
+def test_int8_agreement_gate_raises_with_the_numbers(tmp_path, tiny_data):
+    from compress.errors import ParityError
+
+    model = create_model("cnn", width=8, depth=1).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    calib, _ = calibration_inputs(tiny_data.train, 16, seed=0)
+    # Calibrated on inputs 100x too small: every real activation clips, so int8 disagrees with fp32.
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calib * 0.01, QuantizeConfig(enabled=True))
+    agreement = check_parity(model, int8, tiny_data.val, int8=True, min_agreement=0.0)["top1_agreement"]
+    assert agreement < 0.99
+    with pytest.raises(ParityError, match=r"int8 top-1 agreement with PyTorch is 0\.\d+ on 300 validation images, "
+                                          r"below the required 0.99.*quantize.calibration"):
+        check_parity(model, int8, tiny_data.val, int8=True, min_agreement=0.99)

@@ -71,3 +71,41 @@ def test_cli_missing_recipe_file_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "compress", "run", str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no such recipe file" in proc.stderr
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"distill.temperature": {"low": 6.0, "high": 2.0}}, r"search.space.distill.temperature.*low \(6.0\) must be below high"),
+    ({"quantize.calibration": {"low": 1, "high": 2}}, r"quantize.calibration.*a range needs a numeric field"),
+    ({"student.width": []}, r"search.space.student.width = \[\]: give at least one choice"),
+    ({"data.val_size": [100, 200]}, r"the data section is not searchable"),
+    ({"distill.nosuch": [1, 2]}, r"'distill.nosuch' is not a recipe field"),
+    ({"student.width": {"low": 4.5, "high": 8}}, r"student.width is an integer; use whole numbers"),
+])
+def test_search_space_mistakes_name_the_entry(space, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"name": "x", "student": {"width": 8}, "search": {"space": space}})
+
+
+def test_student_kwargs_are_searchable_with_inferred_types():
+    r = recipe_from_dict({"name": "x", "student": {"model": "mlp"},
+                          "search": {"space": {"student.kwargs.dropout": {"low": 0.0, "high": 0.5},
+                                               "student.kwargs.width": {"low": 16, "high": 64, "step": 16}}}})
+    from compress.recipe import Range, range_is_int, space_spec, with_values
+
+    assert range_is_int(space_spec(r.search.space["student.kwargs.width"]), None)
+    assert not range_is_int(space_spec(r.search.space["student.kwargs.dropout"]), None)
+    assert isinstance(space_spec(r.search.space["student.kwargs.width"]), Range)
+    assert with_values(r, {"student.kwargs.width": 32}).student.kwargs == {"width": 32}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"source": "torchvision"}, "source 'torchvision' needs data.name"),
+    ({"source": "arrays"}, "source 'arrays' needs data.path"),
+    ({"source": "folder", "train_dir": "a"}, "needs test_dir too"),
+    ({"source": "import", "factory": "no_colon"}, "expected package.module:function"),
+    ({"mean": [0.5]}, "give both mean and std"),
+    ({"augment": True}, "unknown key"),
+])
+def test_data_section_mistakes_are_named(data, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"name": "x", "data": data})

@@ -7,6 +7,7 @@ import torch
 
 from compress.data import load_dataset
 from compress.io import sha256_file
+from compress.errors import RecipeError
 from compress.recipe import TeacherConfig, load_recipe
 from compress.teacher import TeacherError, load_teacher, train_teacher
 
@@ -50,7 +51,13 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_teacher(TeacherConfig(checkpoint=str(tmp_path / "model.pt")))
 
 
-def test_missing_checkpoint_says_how_to_make_it(tmp_path):
+def test_missing_checkpoint_says_how_to_make_it(tmp_path, monkeypatch):
+    with pytest.raises(TeacherError, match="does not exist; point teacher.checkpoint at your trained model") as e:
+        load_teacher(TeacherConfig(checkpoint=str(tmp_path / "none.pt")))
+    assert "fashion_mnist" not in str(e.value)  # a user's teacher is not the demo's
+    import compress.teacher as teacher_mod
+
+    monkeypatch.setattr(teacher_mod, "DEMO_CHECKPOINT", str(tmp_path / "none.pt"))
     with pytest.raises(TeacherError, match="does not exist.*recipes/teacher_fashion_mnist.yaml"):
         load_teacher(TeacherConfig(checkpoint=str(tmp_path / "none.pt")))
 
@@ -84,5 +91,61 @@ def test_plain_state_dict_checkpoint_with_architecture_from_recipe(tmp_path):
     loaded, info = load_teacher(cfg)
     assert loaded(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and len(info["sha256"]) == 64
     wrong = TeacherConfig(model="cnn", checkpoint=str(tmp_path / "mine.pt"))
-    with pytest.raises(TeacherError, match="could not be loaded"):
+    with pytest.raises(TeacherError, match="does not match teacher.model: missing keys features.0.weight.*unexpected "
+                                           "keys conv1.weight"):
         load_teacher(wrong)
+
+
+def _small(spec_channels=1):
+    from compress.models import create_model
+
+    return create_model("cnn", width=4, depth=1, in_channels=spec_channels).eval()
+
+
+@pytest.mark.parametrize("layout", ["nested_state_dict", "nested_model_prefixed", "torchscript", "torch_export",
+                                    "pickle_trusted", "onnx"])
+def test_every_teacher_format_loads_and_gives_the_same_logits(tmp_path, layout):
+    from compress.export import export_onnx
+
+    model = _small()
+    x = torch.randn(3, 1, 28, 28)
+    want = model(x)
+    path = tmp_path / ("model.onnx" if layout == "onnx" else "model.pt2" if layout == "torch_export" else "model.pt")
+    if layout == "nested_state_dict":
+        torch.save({"state_dict": model.state_dict(), "epoch": 3}, path)
+    elif layout == "nested_model_prefixed":  # DataParallel / Lightning style
+        torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    elif layout == "torchscript":
+        torch.jit.trace(model, x).save(str(path))
+    elif layout == "torch_export":
+        torch.export.save(torch.export.export(model, (x,)), str(path))
+    elif layout == "pickle_trusted":
+        torch.save(model, path)
+    else:
+        export_onnx(model, path)
+    cfg = TeacherConfig(model="cnn", model_kwargs={"width": 4, "depth": 1}, checkpoint=str(path),
+                        trust_pickle=layout == "pickle_trusted")
+    loaded, info = load_teacher(cfg)
+    assert torch.allclose(loaded(x), want, atol=1e-4)
+    assert info["prunable"] == (layout in ("nested_state_dict", "nested_model_prefixed", "pickle_trusted"))
+
+
+def test_a_pickled_module_needs_the_recipe_to_trust_it(tmp_path):
+    torch.save(_small(), tmp_path / "m.pt")
+    with pytest.raises(TeacherError, match="unpickling runs code from the file.*teacher.trust_pickle: true"):
+        load_teacher(TeacherConfig(checkpoint=str(tmp_path / "m.pt")))
+
+
+def test_a_checkpoint_without_weights_names_its_keys(tmp_path):
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "m.pt")
+    with pytest.raises(TeacherError, match=r"no state_dict found \(top-level keys: epoch, optimizer\)"):
+        load_teacher(TeacherConfig(checkpoint=str(tmp_path / "m.pt")))
+
+
+def test_a_teacher_with_the_wrong_number_of_classes_names_both_numbers(tmp_path):
+    from compress.models import create_model
+
+    torch.save(create_model("cnn", width=4, depth=1, num_classes=5).state_dict(), tmp_path / "m.pt")
+    cfg = TeacherConfig(model="cnn", model_kwargs={"width": 4, "depth": 1, "num_classes": 5}, checkpoint=str(tmp_path / "m.pt"))
+    with pytest.raises(RecipeError, match="num_classes=5, but the data have 10"):
+        load_teacher(cfg)

@@ -37,6 +37,6 @@ class StudentCNN(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 
-@register_model("cnn")
+@register_model("cnn", inputs="image")
 def cnn(width: int = 16, depth: int = 2, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     return StudentCNN(width, depth, in_channels, num_classes)

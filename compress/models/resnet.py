@@ -1,4 +1,4 @@
-"""The default teacher: a small ResNet for 28x28 single-channel images.
+"""The default teacher: a small ResNet for small images (28x28 grayscale in the demo; any size and channels).
 
 Sized to be *big relative to the service level* (>= 1M parameters, a few ms per request on one CPU
 thread) while still training to >= 93.5% test accuracy on Fashion-MNIST in under an hour on 2 cores.
@@ -48,6 +48,6 @@ class ResNetSmall(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
-@register_model("resnet_small")
+@register_model("resnet_small", inputs="image")
 def resnet_small(widths=(32, 64, 128, 256), strides=(1, 2, 2, 1), in_channels=1, num_classes=10) -> nn.Module:
     return ResNetSmall(tuple(widths), tuple(strides), in_channels, num_classes)

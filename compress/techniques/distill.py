@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from compress.data import Dataset, Split
+from compress.data import Dataset, Split, batches
 from compress.recipe import DistillConfig, TrainConfig
-from compress.train import LossFn, hard_label_loss, predict_logits
+from compress.train import LossFn, hard_label_loss, model_device
 
 CACHE_DIR = Path(".cache/teacher_logits")
 
@@ -33,21 +34,35 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str, data_fingerprint: str,
-                          cache_dir: Path = CACHE_DIR) -> torch.Tensor:
-    """Teacher logits for every image of ``split``, computed once and kept under ``.cache/``."""
-    path = cache_dir / f"{teacher_sha256[:16]}-{data_fingerprint[:16]}-{len(split)}.pt"
+                          cache_dir: Path = CACHE_DIR) -> np.ndarray:
+    """Teacher logits for every sample of ``split``, computed once and kept under ``.cache/`` as a .npy
+    file that is memory-mapped, not read: a large training set's logits need not fit in memory. Keyed by
+    the teacher's sha256 and the data's fingerprint, so a changed teacher or dataset never reuses them."""
+    path = cache_dir / f"{teacher_sha256[:16]}-{data_fingerprint[:16]}-{len(split)}.npy"
     if path.is_file():
-        logits = torch.load(path, weights_only=True)
-        if logits.shape == (len(split), logits.shape[1]):
-            return logits
-    tqdm.write(f"teacher logits for {len(split):,} training images: computing them once (about a minute for the "
+        try:
+            logits = np.load(path, mmap_mode="r")
+            if logits.ndim == 2 and len(logits) == len(split):
+                return logits
+        except (ValueError, OSError):
+            pass  # a damaged cache file is recomputed below
+    tqdm.write(f"teacher logits for {len(split):,} training samples: computing them once (about a minute for the "
                f"default teacher on 2 cores), cached as {path}")
-    logits = predict_logits(teacher, split, batch_size=500)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(logits, tmp)
+    tmp = path.with_name(path.name + ".tmp")
+    out = None
+    teacher.eval()
+    device = model_device(teacher)
+    with torch.no_grad():
+        for idx, x, _ in batches(split, 500):  # written as computed: never all in memory at once
+            logits = teacher(x.to(device)).float().cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), logits.shape[1]))
+            out[idx.numpy()] = logits
+    out.flush()
+    del out
     tmp.replace(path)
-    return logits
+    return np.load(path, mmap_mode="r")
 
 
 def make_loss(cfg: DistillConfig, train_cfg: TrainConfig, teacher: nn.Module | None,
@@ -55,20 +70,21 @@ def make_loss(cfg: DistillConfig, train_cfg: TrainConfig, teacher: nn.Module | N
     """The training loss for a student: KD against cached or live teacher logits, or hard labels."""
     if not cfg.enabled:
         return hard_label_loss
-    if train_cfg.augment or teacher_logits is None:
+    if train_cfg.augmentations or teacher_logits is None:
         if teacher is None:
             raise ValueError("distillation with augmentation needs the teacher model itself")
         teacher.eval()
 
         def live(logits, labels, idx, x):
-            with torch.no_grad():
-                t = teacher(x.contiguous())
+            with torch.no_grad():  # the teacher stays where it is (the CPU); only its logits travel
+                t = teacher(x.to(model_device(teacher)).contiguous()).float().to(logits.device)
             return kd_loss(logits, t, labels, cfg.temperature, cfg.alpha)
 
         return live
 
     def cached(logits, labels, idx, x):
-        return kd_loss(logits, teacher_logits[idx], labels, cfg.temperature, cfg.alpha)
+        return kd_loss(logits, torch.as_tensor(teacher_logits[idx.numpy()]).to(logits.device), labels,
+                       cfg.temperature, cfg.alpha)
 
     return cached
 
@@ -76,6 +92,6 @@ def make_loss(cfg: DistillConfig, train_cfg: TrainConfig, teacher: nn.Module | N
 def teacher_logits_for(cfg_list: list[tuple[DistillConfig, TrainConfig]], teacher: nn.Module, data: Dataset,
                        teacher_sha256: str) -> torch.Tensor | None:
     """Cached train-split logits when any of the given trainings distils without augmentation."""
-    if any(d.enabled and not t.augment for d, t in cfg_list):
+    if any(d.enabled and not t.augmentations for d, t in cfg_list):
         return cached_teacher_logits(teacher, data.train, teacher_sha256, data.fingerprint)
     return None

@@ -10,7 +10,12 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from compress.errors import CompressError, RecipeError
 from compress.recipe import PruneConfig
+
+
+class PruneError(CompressError):
+    """Torch-Pruning cannot prune this model as asked; the message names the way out."""
 
 
 def _importance(name: str):
@@ -19,23 +24,53 @@ def _importance(name: str):
     return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
 
 
+def find_classifier(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The layer that produces the class scores: the last Linear or Conv2d to run whose output has as
+    many features as the model has outputs. Its outputs are the classes, so it is never pruned."""
+    ran: list[tuple[nn.Module, tuple]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.append((mod, tuple(o.shape))))
+             for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = out.shape[-1]
+    for mod, shape in reversed(ran):
+        features = shape[-1] if isinstance(mod, nn.Linear) else shape[1]
+        if features == n:
+            return mod
+    raise PruneError(f"{type(model).__name__}: no Linear or Conv2d layer produces its {n} class scores, so the "
+                     "classifier cannot be kept intact; set prune.enabled: false for this model")
+
+
 def prune_(model: nn.Module, cfg: PruneConfig, input_shape=(1, 1, 28, 28)) -> nn.Module:
-    """Remove ``cfg.ratio`` of the channels of every prunable layer, in place; returns the model."""
+    """Remove ``cfg.ratio`` of the channels of every prunable layer, in place; returns the model.
+    The classifier and the modules named in ``cfg.ignore`` keep all their channels."""
     if cfg.ratio <= 0:
         return model
     model.eval()
     example = torch.zeros(*input_shape)
-    ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == _num_classes(model)]
-    pruner = tp.pruner.MetaPruner(model, example, importance=_importance(cfg.importance),
-                                  pruning_ratio=cfg.ratio, ignored_layers=ignored, global_pruning=False,
-                                  round_to=cfg.round_to)
-    pruner.step()
+    named = dict(model.named_modules())
+    unknown = [n for n in cfg.ignore if n not in named]
+    if unknown:
+        some = ", ".join(n for n in list(named)[1:13] if n)
+        raise RecipeError(f"prune.ignore: {type(model).__name__} has no module {unknown[0]!r}; its modules are "
+                          f"named like {some}, ...")
+    ignored = [find_classifier(model, example)] + [named[n] for n in cfg.ignore]
+    try:
+        pruner = tp.pruner.MetaPruner(model, example, importance=_importance(cfg.importance),
+                                      pruning_ratio=cfg.ratio, ignored_layers=ignored, global_pruning=False,
+                                      round_to=cfg.round_to)
+        pruner.step()
+        with torch.no_grad():
+            model(example)
+    except Exception as err:  # noqa: BLE001 - Torch-Pruning's errors name a layer at best
+        raise PruneError(f"Torch-Pruning could not prune {type(model).__name__} ({type(err).__name__}: "
+                         f"{str(err)[:300]}). Leave the layer it names unpruned with prune.ignore: [<module name>], "
+                         "or set prune.enabled: false") from None
     return model
-
-
-def _num_classes(model: nn.Module) -> int:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else -1
 
 
 @torch.no_grad()

@@ -1,0 +1,75 @@
+"""An image folder tree read by torchvision's ``ImageFolder`` (one sub-folder per class).
+
+Either one tree (``data.root``), from which the test split (``data.test_fraction``) and then the
+validation split are carved by ``data.split_seed``, or separate ``train_dir`` / ``val_dir`` / ``test_dir``
+trees with the same class folders. Every image is converted to the recorded channels and size with the
+PIL steps ``compress predict`` applies, and held in memory as uint8.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.errors import DatasetError
+
+
+def _tree(path: str):
+    from torchvision.datasets import ImageFolder
+
+    if not Path(path).is_dir():
+        raise DatasetError(f"image folder {path}: no such folder")
+    try:
+        return ImageFolder(path, loader=lambda p: p)  # paths only; images are opened below
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DatasetError(f"image folder {path}: {err}; expected one sub-folder of images per class") from None
+
+
+def _image(path: str, fn):
+    """``fn(PIL image)`` for the image file at ``path``; an unreadable file is named."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return fn(img)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DatasetError(f"{path}: not a readable image ({type(err).__name__}: {err}); remove or replace it") from None
+
+
+def _read(tree, geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    from tqdm.auto import tqdm
+
+    xs = np.empty((len(tree.samples), *geometry.shape), dtype=np.uint8)
+    ys = np.empty(len(tree.samples), dtype=np.int64)
+    for i, (p, y) in enumerate(tqdm(tree.samples, desc=f"reading {tree.root}", leave=False, mininterval=2.0)):
+        xs[i] = _image(p, geometry.prepare_image)
+        ys[i] = y
+    return torch.from_numpy(xs), torch.from_numpy(ys)
+
+
+def load(cfg):
+    from compress.data import RawData, geometry
+
+    trees = {"train": _tree(cfg.train_dir or cfg.root)}
+    if cfg.train_dir:
+        trees["test"] = _tree(cfg.test_dir)
+        if cfg.val_dir:
+            trees["val"] = _tree(cfg.val_dir)
+    classes = trees["train"].classes
+    for name, t in trees.items():
+        if t.classes != classes:
+            raise DatasetError(f"image folder {t.root}: classes {t.classes} differ from the training tree's {classes}; "
+                               "every split needs the same class folders")
+    mode, (width, height) = _image(trees["train"].samples[0][0], lambda img: (img.mode, img.size))
+    geo = geometry(cfg, 1 if mode in ("L", "1", "I", "I;16", "F") else 3, height, width)
+    parts = {k: _read(t, geo) for k, t in trees.items()}
+    if "test" not in parts:  # one tree: hold out the test split, seeded and fixed
+        x, y = parts["train"]
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
+        n_test = max(1, int(round(cfg.test_fraction * len(y))))
+        parts = {"train": (x[perm[n_test:]], y[perm[n_test:]]), "test": (x[perm[:n_test]], y[perm[:n_test]])}
+    where = cfg.train_dir or cfg.root
+    return RawData("image", parts["train"], parts.get("val"), parts["test"], labels=list(classes),
+                   description=f"image folder {where}", augment=("shift", "hflip"), prepared=True)
