@@ -23,7 +23,7 @@ from compress.export import check_parity, export_onnx, onnx_accuracy
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
 from compress.errors import TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
-from compress.models import build_model
+from compress.models import build_model, takes_argument
 from compress.recipe import PruneConfig, Recipe, RecipeError, space_choices, with_values
 from compress.spec import InputSpec
 from compress.teacher import load_teacher, teacher_size
@@ -135,8 +135,11 @@ def trains(recipe: Recipe) -> bool:
 
 
 def student_kwargs(recipe: Recipe) -> dict:
+    """The student family's constructor arguments: ``student.kwargs``, plus the width and depth shorthands
+    for the families that take them (cnn, mlp; other families ignore them, as they mean nothing there)."""
     s = recipe.student
-    return {**s.kwargs, **{k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None}}
+    short = {k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None and takes_argument(s.model, k)}
+    return {**s.kwargs, **short}
 
 
 def build_student(recipe: Recipe, teacher: nn.Module, spec: InputSpec, data: Dataset | None = None) -> nn.Module:

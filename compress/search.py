@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.latency import measure
+from compress.models import takes_argument
 from compress.teacher import teacher_size
 from compress.pipeline import build_student, compress_student, from_teacher, model_metrics, removes_channels, trains
 from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, RecipeError, range_is_int, space_leaf, space_spec,
@@ -180,6 +181,8 @@ def applies(key: str, recipe: Recipe) -> bool:
     without training (a teacher copy that loses no channels is not trained)."""
     section, field = key.split(".", 1)
     if section == "student" and field in ("width", "depth"):
+        return not from_teacher(recipe) and takes_argument(recipe.student.model, field)
+    if section == "student" and field != "model":  # student.kwargs.*
         return not from_teacher(recipe)
     if field == "enabled":
         return section != "distill" or trains(recipe)

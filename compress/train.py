@@ -96,7 +96,8 @@ def train_(
     for epoch in range(cfg.epochs):
         model.train()
         bar = tqdm(batches(train, cfg.batch_size, gen), total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-                   leave=False, dynamic_ncols=True, mininterval=1.0)
+                   leave=False, dynamic_ncols=True, mininterval=1.0,
+                   disable=None)  # None: drawn on a terminal only; a log file gets the one line per epoch below
         seen = correct = 0
         loss_sum = 0.0
         for idx, x, y in bar:

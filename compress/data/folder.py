@@ -43,7 +43,7 @@ def _read(tree, geometry) -> tuple[torch.Tensor, torch.Tensor]:
 
     xs = np.empty((len(tree.samples), *geometry.shape), dtype=np.uint8)
     ys = np.empty(len(tree.samples), dtype=np.int64)
-    for i, (p, y) in enumerate(tqdm(tree.samples, desc=f"reading {tree.root}", leave=False, mininterval=2.0)):
+    for i, (p, y) in enumerate(tqdm(tree.samples, desc=f"reading {tree.root}", leave=False, mininterval=2.0, disable=None)):
         xs[i] = _image(p, geometry.prepare_image)
         ys[i] = y
     return torch.from_numpy(xs), torch.from_numpy(ys)

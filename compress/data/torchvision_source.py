@@ -33,7 +33,7 @@ def _to_arrays(ds, geometry) -> tuple[torch.Tensor, torch.Tensor]:
 
     xs = np.empty((len(ds), *geometry.shape), dtype=np.uint8)
     ys = np.empty(len(ds), dtype=np.int64)
-    for i in tqdm(range(len(ds)), desc=f"reading {type(ds).__name__}", leave=False, mininterval=2.0):
+    for i in tqdm(range(len(ds)), desc=f"reading {type(ds).__name__}", leave=False, mininterval=2.0, disable=None):
         img, y = ds[i]
         xs[i], ys[i] = geometry.prepare_image(img), int(y)
     return torch.from_numpy(xs), torch.from_numpy(ys)

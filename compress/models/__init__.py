@@ -67,6 +67,21 @@ def _takes(fn: Callable) -> tuple[set[str], bool]:
     return set(params), any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+def takes_argument(name: str, arg: str) -> bool:
+    """Whether family ``name`` has a constructor argument ``arg`` (torchvision architectures: their own
+    keyword arguments are not inspected, so only the data arguments count)."""
+    from compress.imports import import_object, is_import_path
+
+    if name.startswith("tv:"):
+        return arg in ("num_classes", "in_channels")
+    if is_import_path(name):
+        try:
+            return arg in _takes(import_object(name, "student.model"))[0]
+        except RecipeError:
+            return False  # build_model names the import error
+    return name in _REGISTRY and arg in _takes(_REGISTRY[name])[0]
+
+
 def build_model(name: str, spec, kwargs: dict[str, Any] | None = None, field: str = "student.model") -> nn.Module:
     """A model of family ``name`` for inputs described by ``spec`` (an ``InputSpec``): the data's class
     count and channels (or feature count) are passed where the family takes them, ``kwargs`` as given.

@@ -1,0 +1,74 @@
+"""Every bad input gets a message naming the cause and a non-zero exit, never a traceback (issue 11, point 10)."""
+
+import torch
+import pytest
+
+from compress.cli import main
+
+TINY = ["run", "recipes/tiny.yaml"]
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_unknown_student_family(capsys, tmp_path):
+    code, err = _err(capsys, TINY + ["--set", "student.model=nosuch", "--set", f"output_dir={tmp_path}"])
+    assert code == 2 and "student.model = 'nosuch': unknown model family; registered: cnn, mlp, resnet_small" in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_torchvision_student_ignores_the_cnn_shorthands_and_takes_its_own_kwargs(capsys, tmp_path):
+    from compress.models import takes_argument
+    from compress.pipeline import student_kwargs
+    from compress.recipe import load_recipe
+
+    r = load_recipe("recipes/tiny.yaml", ["student.model=tv:resnet18"])
+    assert r.student.width == 8 and student_kwargs(r) == {}  # width/depth mean nothing to a ResNet
+    assert takes_argument("cnn", "width") and not takes_argument("tv:resnet18", "width")
+    code, err = _err(capsys, TINY + ["--set", "student.model=tv:resnet18", "--set", "student.kwargs={widht: 3}",
+                                     "--set", f"output_dir={tmp_path}"])
+    assert code == 2 and "'tv:resnet18' could not be built with {'widht': 3}" in err
+
+
+def test_data_factory_that_cannot_be_imported(capsys):
+    code, err = _err(capsys, TINY + ["--set", "data.source=import", "--set", "data.factory=no_such_pkg.data:load"])
+    assert code == 2 and "could not import module 'no_such_pkg.data'" in err and "ModuleNotFoundError" in err
+
+
+def test_teacher_with_the_wrong_output_size(capsys, tmp_path):
+    from compress.models import create_model
+
+    torch.save(create_model("cnn", width=4, depth=1, num_classes=7).state_dict(), tmp_path / "t.pt")
+    code, err = _err(capsys, TINY + ["--set", "teacher.model=cnn", "--set", f"teacher.checkpoint={tmp_path}/t.pt",
+                                     "--set", "teacher.model_kwargs={width: 4, depth: 1, num_classes: 7}"])
+    assert code == 2 and "num_classes=7, but the data have 10" in err
+
+
+def test_teacher_that_does_not_take_the_data_shape(capsys, tmp_path):
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), tmp_path / "t.pt")
+    code, err = _err(capsys, TINY + ["--set", f"teacher.checkpoint={tmp_path}/t.pt", "--set", "teacher.trust_pickle=true"])
+    assert code == 2 and "fails on inputs of shape [2, 1, 28, 28]" in err
+
+
+def test_unsupported_checkpoint_format(capsys, tmp_path):
+    (tmp_path / "t.pt").write_bytes(b"\x00garbage")
+    code, err = _err(capsys, TINY + ["--set", f"teacher.checkpoint={tmp_path}/t.pt"])
+    assert code == 2 and "could not be loaded" in err and "supported: a state_dict, TorchScript" in err
+
+
+def test_bench_on_a_file_that_is_not_onnx(capsys, tmp_path):
+    (tmp_path / "m.onnx").write_text("not a model")
+    code, err = _err(capsys, ["bench", str(tmp_path / "m.onnx")])
+    assert code == 2 and "not a loadable ONNX model" in err and str(tmp_path / "m.onnx") in err
+    code, err = _err(capsys, ["bench", str(tmp_path / "none.onnx")])
+    assert code == 2 and "no such ONNX file" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "results/fashion_mnist/artifact", "README.md"], "unsupported input type '.md'"),
+])
+def test_predict_on_a_file_it_cannot_read(capsys, argv, message):
+    code, err = _err(capsys, argv)
+    assert code != 0 and message in err
