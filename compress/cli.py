@@ -127,7 +127,7 @@ def _cmd_stability(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from compress.artifact import verify
+    from compress.handoff import verify
 
     problems = verify(args.bundle, data_root=args.data, latency_seconds=args.latency_seconds)
     return 1 if problems else 0
@@ -136,7 +136,7 @@ def _cmd_verify(args) -> int:
 def _cmd_predict(args) -> int:
     import json
 
-    from compress.artifact import predict
+    from compress.handoff import predict
 
     results = predict(args.bundle, args.inputs)
     if args.json:

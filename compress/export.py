@@ -74,20 +74,36 @@ def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> 
 
 
 def onnx_accuracy(path: str | Path, split: Split) -> float:
-    """Top-1 accuracy of an ONNX model on ``split``."""
-    return float((onnx_logits(path, split.inputs().numpy()).argmax(1) == split.labels.numpy()).mean())
+    """Top-1 accuracy of an ONNX model on ``split``, batch by batch (a streamed split never sits in memory)."""
+    from compress.data import batches
+    from compress.latency import make_session
+
+    sess = make_session(path, threads=0)
+    name = sess.get_inputs()[0].name
+    correct = sum(int((sess.run(None, {name: x.numpy()})[0].argmax(1) == y.numpy()).sum()) for _, x, y in batches(split, 500))
+    return correct / len(split)
 
 
 def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool,
                  max_abs_diff: float = 1e-3, min_agreement: float = 0.99) -> dict:
-    """Compare ONNX and PyTorch on ``split``; raise ParityError naming the numbers when it fails."""
-    x = split.inputs()
-    with torch.no_grad():
-        ref = torch.cat([model.eval()(x[i : i + 500]) for i in range(0, len(x), 500)]).numpy()
-    got = onnx_logits(path, x.numpy())
-    diff = float(np.abs(ref - got).max())
-    agree = float((ref.argmax(1) == got.argmax(1)).mean())
-    result = {"max_abs_logit_diff": diff, "top1_agreement": agree, "n": int(len(x)), "int8": int8}
+    """Compare ONNX and PyTorch on ``split`` (batch by batch); raise ParityError naming the numbers when it fails."""
+    from compress.data import batches
+    from compress.latency import make_session
+
+    sess = make_session(path, threads=0)  # all cores; parity is not a timing
+    name = sess.get_inputs()[0].name
+    model.eval()
+    diff, same, n = 0.0, 0, 0
+    for _, x, _ in batches(split, 500):
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {name: x.numpy()})[0]
+        diff = max(diff, float(np.abs(ref - got).max()))
+        same += int((ref.argmax(1) == got.argmax(1)).sum())
+        n += len(x)
+    agree = same / n
+    x = range(n)  # the messages below name the number of images
+    result = {"max_abs_logit_diff": diff, "top1_agreement": agree, "n": int(n), "int8": int8}
     if int8 and agree < min_agreement:
         raise ParityError(f"{path}: int8 top-1 agreement with PyTorch is {agree:.4f} on {len(x)} validation "
                           f"images, below the required {min_agreement} (max abs logit diff {diff:.4f}). "

@@ -244,6 +244,7 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
             "target": recipe.target.model_dump(),
             "teacher_sha256": tinfo["sha256"],
             "data_fingerprint": data.fingerprint,
+            "spec": data.spec.to_dict(),
             "machine": machine_info(recipe.target.device),
             "wall_time_s": round(time.time() - t0, 1),
         }

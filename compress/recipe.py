@@ -54,6 +54,11 @@ class DataConfig(_Section):
     mean: list[float] | None = None
     std: list[float] | None = None
     labels: list[str] | None = None  # class names in label order; None: the data's own, else "0", "1", ...
+    # Folder trees: stream images from disk through a DataLoader (workers) instead of holding them in memory.
+    # None: stream when the tree's pixels at the model's size would take more than max_memory_mb.
+    stream: bool | None = None
+    max_memory_mb: int = Field(2048, ge=1)
+    workers: int = Field(2, ge=0)  # DataLoader worker processes that read and prepare streamed images
     val_size: int = Field(5000, ge=1)  # carved from the training set when the data has no validation split
     val_fraction: float | None = Field(None, gt=0, lt=1)  # instead of val_size: a share of the training set
     split_seed: int = 0  # the train/validation split never changes with the run's seed

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from compress import baselines as bl
 from compress.capacity import capacity_markdown, plan_for
+from compress.errors import CompressError
 from compress.export import export_onnx, onnx_accuracy
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
@@ -81,13 +82,19 @@ def run_study(recipe: Recipe) -> dict:
     chosen = _choose(front)
     chosen_recipe = with_values(recipe, chosen["params_"])
 
-    refs_stages = {}
+    refs_stages, refs_failed = {}, {}
     if recipe.search.baselines:
         tqdm.write("building baselines (cached per study): teacher int8, pruned teacher, student without KD")
         root = out / "baselines"
-        for stage in (bl.teacher_int8(recipe, data, teacher, tinfo, root),
-                      bl.teacher_pruned(recipe, data, teacher, tinfo, root),
-                      bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root)):
+        for name, build in (("teacher_int8", lambda: bl.teacher_int8(recipe, data, teacher, tinfo, root)),
+                            ("teacher_pruned", lambda: bl.teacher_pruned(recipe, data, teacher, tinfo, root)),
+                            ("student_no_kd", lambda: bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root))):
+            try:
+                stage = build()
+            except CompressError as err:  # e.g. int8 failing its parity gate, a teacher that cannot be pruned
+                refs_failed[name] = f"{type(err).__name__}: {err}"
+                tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
+                continue
             refs_stages[stage.name] = stage
 
     tqdm.write(f"final measurement: teacher, {len(front)} Pareto trial(s) and {len(refs_stages)} baseline(s), "
@@ -123,6 +130,7 @@ def run_study(recipe: Recipe) -> dict:
 
     plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
     summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
+    summary["baselines_failed"] = refs_failed
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
     chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
@@ -189,6 +197,7 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "target": recipe.target.model_dump(),
         "teacher_sha256": tinfo["sha256"],
         "data_fingerprint": data.fingerprint,
+        "spec": data.spec.to_dict(),
         "storage": study._storage.url if hasattr(study._storage, "url") else None,
         "machine": machine_info(recipe.target.device),
         "wall_time_s": round(time.time() - t0, 1),
@@ -224,7 +233,7 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
 
 
 def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep_rows) -> None:
-    from compress.artifact import spec_fields, write_bundle
+    from compress.handoff import spec_fields, write_bundle
 
     model = Path(chosen["artifact_path"])
     made = with_values(recipe, chosen["params_"])
@@ -253,7 +262,7 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
                     "model_sha256_before_metadata": sha256_file(model)},
     }
     # The raw test split: the bundle's samples are its first rows, and it travels whole when small enough.
-    write_bundle(out / "artifact", model, manifest, (data.test.raw.numpy(), data.test.labels.numpy()), sweep_rows)
+    write_bundle(out / "artifact", model, manifest, (data.test.raw, data.test.labels.numpy()), sweep_rows)
 
 
 def print_study_summary(summary: dict) -> None:
@@ -264,6 +273,8 @@ def print_study_summary(summary: dict) -> None:
     for k, b in summary["baselines"].items():
         verdict = (f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front")
         print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  {verdict}")
+    for k, why in summary.get("baselines_failed", {}).items():
+        print(f"baseline {k:<20} NOT BUILT: {why.splitlines()[0][:160]}")
     cap, tcap = summary.get("capacity"), summary.get("capacity_teacher")
     if cap and tcap and "batch" in cap:
         print(f"batch requirement: teacher needs {tcap['batch']['cores']} cores ({tcap['batch']['cost_per_run']:.2f} "

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from compress.artifact import load_manifest, predict, verify
 from compress.errors import BundleError
+from compress.handoff import load_manifest, predict, verify
 
 VERIFY_WITHOUT_TORCH = """
 import sys

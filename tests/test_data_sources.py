@@ -416,3 +416,44 @@ def test_the_demo_dataset_is_unchanged():
     ds = load_dataset(DataConfig())
     assert ds.fingerprint == "ae1f136708867d504cae5d550e37e617e6560a2bf034c4668efbb7e73e5a9fd3"
     assert ds.spec.shape == (1, 28, 28) and ds.spec.mean == (0.2860,) and ds.spec.std == (0.3530,)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_streamed_folder_tree_gives_what_the_in_memory_one_gives(tmp_path, workers):
+    """Streaming (a tree larger than memory) reads the same pixels, through DataLoader workers."""
+    import os
+
+    from compress.data import batches
+
+    files = _tree(tmp_path / "all", per_class=6, size=(12, 10))
+    cfg = dict(source="folder", root=str(tmp_path / "all"), image_size=8, resize=9, val_size=4)
+    mem = load_dataset(DataConfig(**cfg, stream=False))
+    streamed = load_dataset(DataConfig(**cfg, stream=True, workers=workers))
+    assert streamed.train.streamed and not mem.train.streamed
+    for a, b in ((mem.train, streamed.train), (mem.val, streamed.val), (mem.test, streamed.test)):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.inputs(), b.inputs())
+    got = [(i, x) for i, x, _ in batches(streamed.train, 5, torch.Generator().manual_seed(3))]
+    want = [(i, x) for i, x, _ in batches(mem.train, 5, torch.Generator().manual_seed(3))]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want)) and len(got) == len(want)
+    assert streamed.spec.mean == pytest.approx(mem.spec.mean, abs=1e-5)
+    # The fingerprint reads no pixel: names, sizes and times. A changed file changes it.
+    again = load_dataset(DataConfig(**cfg, stream=True, workers=workers))
+    assert again.fingerprint == streamed.fingerprint
+    first = files[CLASSES[0]][0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    assert load_dataset(DataConfig(**cfg, stream=True)).fingerprint != streamed.fingerprint
+
+
+def test_a_tree_larger_than_the_memory_bound_is_streamed_and_trains(tmp_path):
+    from compress.models import build_model
+    from compress.recipe import TrainConfig
+    from compress.train import accuracy, train_
+
+    _tree(tmp_path / "all", per_class=6, size=(12, 10))
+    data = load_dataset(DataConfig(source="folder", root=str(tmp_path / "all"), val_size=4, max_memory_mb=1,
+                                   workers=0))
+    assert not data.train.streamed  # 24 small images are far below 1 MB
+    data = load_dataset(DataConfig(source="folder", root=str(tmp_path / "all"), val_size=4, stream=True, workers=0))
+    model = build_model("cnn", data.spec, {"width": 4, "depth": 1})
+    history = train_(model, data.train, TrainConfig(epochs=1, batch_size=8, device="cpu"), val=data.val)
+    assert len(history) == 1 and 0 <= accuracy(model, data.test) <= 1

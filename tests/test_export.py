@@ -26,3 +26,35 @@ def test_parity_failure_raises_with_numbers(tmp_path, tiny_data):
         model.fc.bias.add_(1.0)  # the PyTorch model no longer matches the exported file
     with pytest.raises(ParityError, match=r"max abs logit difference vs PyTorch is 1\.00e\+00"):
         check_parity(model, path, tiny_data.val, int8=False)
+
+
+def test_export_falls_back_to_the_dynamo_exporter(tmp_path, monkeypatch):
+    """A model the TorchScript exporter cannot take is exported by the dynamo one, batch still dynamic."""
+    import numpy as np
+
+    import compress.export as export_mod
+    from compress.latency import make_session
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("TorchScript cannot trace this model")
+
+    monkeypatch.setattr(export_mod, "_torchscript_export", refuse)
+    model = create_model("cnn", width=4, depth=1, in_channels=3).eval()
+    path = export_mod.export_onnx(model, tmp_path / "m.onnx", 17, (3, 20, 24))
+    sess = make_session(path, threads=1)
+    x = np.random.default_rng(0).standard_normal((5, 3, 20, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert np.abs(sess.run(None, {"input": x})[0] - want).max() < 1e-4  # batch 5: the batch axis is dynamic
+
+
+def test_a_model_no_exporter_can_take_names_both_errors(tmp_path, monkeypatch):
+    import compress.export as export_mod
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(export_mod, "_torchscript_export", refuse)
+    monkeypatch.setattr(export_mod, "_dynamo_export", refuse)
+    with pytest.raises(export_mod.ExportError, match="TorchScript exporter: RuntimeError: no; dynamo exporter"):
+        export_mod.export_onnx(create_model("cnn", width=4, depth=1), tmp_path / "m.onnx")

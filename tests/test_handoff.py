@@ -12,11 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compress import artifact
-from compress.artifact import (EDITED, bundle_spec, load_inputs, load_manifest, manifest_problems, predict, verify,
-                               write_bundle)
 from compress.cli import main
 from compress.errors import BundleError
+from compress.handoff import (EDITED, bundle_spec, load_inputs, load_manifest, manifest_problems, manifest_sha256,
+                              predict, spec_fields, verify, write_bundle)
+from compress.handoff.verify import _find_test_set
 from compress.io import sha256_file
 from compress.spec import InputSpec
 
@@ -51,7 +51,7 @@ def _logits(path, x: np.ndarray) -> np.ndarray:
 def _manifest(spec: InputSpec, name: str, test_accuracy: float, test_size: int) -> dict:
     lat = {"batch_size": 1, "threads": 1, "n_runs": 200, "p50_ms": 1.0, "p90_ms": 1.1, "p95_ms": 1.2, "p99_ms": 1.3,
            "mean_ms": 1.0, "throughput_sps": 1000.0, "p50_ci95_ms": [0.9, 1.1], "p95_ci95_ms": [1.1, 1.3]}
-    return {"name": name, **artifact.spec_fields(spec), "compression": "architecture only", "format_note": "fp32",
+    return {"name": name, **spec_fields(spec), "compression": "architecture only", "format_note": "fp32",
             "metrics": {"val_accuracy": 0.5, "test_accuracy": test_accuracy, "teacher_val_accuracy": 0.6,
                         "teacher_test_accuracy": 0.6, "test_size": test_size, "params": 100, "macs": 1000},
             "latency": lat, "teacher_latency": {**lat, "p50_ms": 2.0, "p95_ms": 2.4}, "speedup_p50": 2.0,
@@ -130,7 +130,7 @@ def test_rgb_bundle_is_described_by_its_spec(rgb):
     assert list(cfg.input[0].dims) == [3, 20, 24] and cfg.input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW
     assert list(cfg.output[0].dims) == [3]
     props = {p.key: p.value for p in onnx.load(str(rgb / "model.onnx")).metadata_props}
-    assert props["compress.manifest_sha256"] == artifact.manifest_sha256(m)
+    assert props["compress.manifest_sha256"] == manifest_sha256(m)
     card = (rgb / "MODEL_CARD.md").read_text()
     assert "Fashion-MNIST" not in card and "40 test images of image folder data/pets" in card
     assert "samples/test.npz" in card and "compress predict DIR samples/image_0.png" in card
@@ -180,7 +180,7 @@ def test_verify_of_a_bundled_split_needs_neither_torch_nor_pillow(rgb):
 
 
 def test_a_test_split_too_large_to_travel_leaves_the_samples(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(artifact, "TEST_SPLIT_MAX_BYTES", VECTOR.shape[0] * 4 * N_TEST - 1)
+    monkeypatch.setattr("compress.handoff.bundle.TEST_SPLIT_MAX_BYTES", VECTOR.shape[0] * 4 * N_TEST - 1)
     bundle = _build(tmp_path / "big", VECTOR, "mlp", {"width": 8, "depth": 1})
     m = load_manifest(bundle)
     assert not m["test_split"]["bundled"] and "samples/test.npz" not in m["files"]
@@ -193,7 +193,7 @@ def test_a_test_split_too_large_to_travel_leaves_the_samples(tmp_path, monkeypat
 def test_fashion_mnist_test_split_is_never_bundled_and_verify_reads_the_idx_files(tmp_path, capsys):
     from compress.data.fashion_mnist import SPEC
 
-    found = artifact._find_test_set(None)
+    found = _find_test_set(None)
     if found is None:
         pytest.skip("Fashion-MNIST t10k files not installed")
     images, labels, _ = found

@@ -244,3 +244,25 @@ def test_bad_branches_are_clear_errors(space, message):
 
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict({"name": "x", "search": {"space": space}})
+
+
+def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeypatch):
+    """An int8 baseline failing its parity gate (as on CPUs without VNNI) leaves the report intact."""
+    import compress.baselines as bl
+    from compress.errors import ParityError
+    from compress.recipe import load_recipe
+    from compress.study import run_study
+
+    def fails(*args, **kwargs):
+        raise ParityError("int8 top-1 agreement with PyTorch is 0.9400")
+
+    monkeypatch.setattr(bl, "teacher_int8", fails)
+    recipe = load_recipe("recipes/tiny_search.yaml", [
+        f"output_dir={tmp_path}", "search.n_trials=1", "search.startup_trials=1", "data.train_subset=300",
+        "search.baseline_finetune.epochs=0", "distill.train.epochs=1", "capacity.enabled=false",
+        "latency.max_seconds=0.1", "latency.min_runs=20"])
+    summary = run_study(recipe)
+    assert "teacher_int8" not in summary["baselines"] and "0.9400" in summary["baselines_failed"]["teacher_int8"]
+    assert "teacher_pruned50" in summary["baselines"]  # the others are still built and judged
+    assert set(summary["baselines"]) | set(summary["baselines_failed"]) == {"teacher_pruned50", "student_no_kd", "teacher_int8"}
+    assert (tmp_path / "tiny_search" / "summary.json").is_file() and (tmp_path / "tiny_search" / "artifact").is_dir()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,58 @@ class RawData:
     prepared: bool = False  # images already went through InputSpec.prepare_image (torchvision, folder)
 
 
+class LazyImages:
+    """uint8 N x C x H x W pixels read from image files on demand: a folder tree larger than memory.
+
+    Slicing and ``take`` give lazy subsets (a split, a head); indexing with an index tensor reads those
+    images (that is a batch). ``batches`` reads through a DataLoader with ``workers`` processes."""
+
+    def __init__(self, paths: list[str], spec: InputSpec, workers: int = 2):
+        self.paths, self.spec, self.workers = list(paths), spec, workers
+        self.shape = (len(self.paths), *spec.shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def dim(self) -> int:
+        return 4
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def take(self, idx) -> "LazyImages":
+        return LazyImages([self.paths[i] for i in torch.as_tensor(idx).reshape(-1).tolist()], self.spec, self.workers)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return LazyImages(self.paths[idx], self.spec, self.workers)
+        from compress.data.folder import read_image
+
+        one = isinstance(idx, int)
+        ids = [idx] if one else torch.as_tensor(idx).reshape(-1).tolist()
+        x = torch.from_numpy(np.stack([read_image(self.paths[i], self.spec) for i in ids])) if ids else \
+            torch.empty((0, *self.spec.shape), dtype=torch.uint8)
+        return x[0] if one else x
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[torch.arange(len(self))].numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def fingerprint(self) -> str:
+        """Over the files' names, sizes and modification times, and the preparation: no pixel is read."""
+        h = hashlib.sha256(repr((self.spec.shape, self.spec.resize)).encode())
+        for p in self.paths:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+
+def take(x, idx):
+    """Rows ``idx`` of raw samples: a lazy subset of streamed images, a tensor otherwise."""
+    return x.take(idx) if isinstance(x, LazyImages) else x[idx]
+
+
 @dataclass(frozen=True)
 class Split:
     raw: torch.Tensor  # uint8 N x C x H x W images, or float32 N x D vectors
@@ -61,9 +114,17 @@ class Split:
     def images(self) -> torch.Tensor:  # the demo's name for the raw pixels
         return self.raw
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.raw, LazyImages)
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return ((raw.float() / self.divide) - self.mean).div_(self.std)
+
     def inputs(self, idx=slice(None)) -> torch.Tensor:
-        """Normalised float32 model inputs for the samples at ``idx``."""
-        return ((self.raw[idx].float() / self.divide) - self.mean).div_(self.std)
+        """Normalised float32 model inputs for the samples at ``idx`` (read from disk when streamed)."""
+        raw = self.raw[idx]
+        return self.normalize(raw if torch.is_tensor(raw) else raw[torch.arange(len(raw))])
 
     def head(self, n: int | None) -> "Split":
         return self if n is None else dataclasses.replace(self, raw=self.raw[:n], labels=self.labels[:n])
@@ -139,7 +200,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         gen = torch.Generator().manual_seed(cfg.split_seed)
         perm = torch.randperm(len(train_y), generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        train_x, train_y, val_x, val_y = train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx]
+        train_x, train_y, val_x, val_y = take(train_x, train_idx), train_y[train_idx], take(train_x, val_idx), train_y[val_idx]
     test_x, test_y = raw.test
     spec = _spec(cfg, raw, train_x, train_y)
     splits = []
@@ -156,7 +217,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     _check_labels(tr, va, te, spec)
     h = hashlib.sha256()
     for s in (tr, va, te):
-        h.update(s.raw.numpy().tobytes())
+        h.update(s.raw.fingerprint().encode() if s.streamed else s.raw.numpy().tobytes())
         h.update(s.labels.numpy().tobytes())
     return Dataset(tr, va, te, h.hexdigest(), spec)
 
@@ -168,6 +229,9 @@ def _spec(cfg: DataConfig, raw: RawData, train_x: torch.Tensor, train_y: torch.T
             train_x = _fit_images(train_x[:20000], base)  # statistics on (up to) 20k fitted images
     else:
         base = InputSpec("vector", (int(train_x.shape[1]),), (), (0.0,), (1.0,), 1.0)
+    if isinstance(train_x, LazyImages):  # statistics from a seeded sample of 2,000 streamed images
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.split_seed))[:2000]
+        train_x = train_x[pick]
     if cfg.mean is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     elif raw.mean is not None:
@@ -225,10 +289,32 @@ def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 2,
     return out
 
 
+class _BatchReader(torch.utils.data.Dataset):
+    """Item i is the i-th batch of ``order``: what a DataLoader worker reads from disk."""
+
+    def __init__(self, raw: LazyImages, order: torch.Tensor, batch_size: int):
+        self.raw, self.order, self.batch_size = raw, order, batch_size
+
+    def __len__(self) -> int:
+        return (len(self.order) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i: int):
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        return idx, self.raw[idx]
+
+
 def batches(split: Split, batch_size: int, gen: torch.Generator | None = None):
-    """Yield (index, inputs, labels); shuffled when a generator is given."""
+    """Yield (index, inputs, labels); shuffled when a generator is given. Streamed images are read by
+    DataLoader workers, a few batches ahead."""
     n = len(split)
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    if split.streamed:
+        workers = split.raw.workers
+        loader = torch.utils.data.DataLoader(_BatchReader(split.raw, order, batch_size), batch_size=None,
+                                             num_workers=workers, prefetch_factor=2 if workers else None)
+        for idx, raw in loader:
+            yield idx, split.normalize(raw), split.labels[idx]
+        return
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield idx, split.inputs(idx), split.labels[idx]

@@ -3,7 +3,8 @@
 Either one tree (``data.root``), from which the test split (``data.test_fraction``) and then the
 validation split are carved by ``data.split_seed``, or separate ``train_dir`` / ``val_dir`` / ``test_dir``
 trees with the same class folders. Every image is converted to the recorded channels and size with the
-PIL steps ``compress predict`` applies, and held in memory as uint8.
+PIL steps ``compress predict`` applies, and held in memory as uint8, or, for a tree larger than
+``data.max_memory_mb`` (or with ``data.stream: true``), read from disk batch by batch by DataLoader workers.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ def _image(path: str, fn):
         raise DatasetError(f"{path}: not a readable image ({type(err).__name__}: {err}); remove or replace it") from None
 
 
+def read_image(path: str, spec) -> np.ndarray:
+    """One image file as the model's uint8 C x H x W pixels (a streamed dataset's reader)."""
+    return _image(path, spec.prepare_image)
+
+
+def _lazy(tree, geometry, workers: int):
+    from compress.data import LazyImages
+
+    return LazyImages([p for p, _ in tree.samples], geometry, workers), torch.tensor([y for _, y in tree.samples])
+
+
 def _read(tree, geometry) -> tuple[torch.Tensor, torch.Tensor]:
     from tqdm.auto import tqdm
 
@@ -64,12 +76,16 @@ def load(cfg):
                                "every split needs the same class folders")
     mode, (width, height) = _image(trees["train"].samples[0][0], lambda img: (img.mode, img.size))
     geo = geometry(cfg, 1 if mode in ("L", "1", "I", "I;16", "F") else 3, height, width)
-    parts = {k: _read(t, geo) for k, t in trees.items()}
+    n_bytes = sum(len(t.samples) for t in trees.values()) * int(np.prod(geo.shape))
+    stream = cfg.stream if cfg.stream is not None else n_bytes > cfg.max_memory_mb * 2**20
+    parts = {k: _lazy(t, geo, cfg.workers) if stream else _read(t, geo) for k, t in trees.items()}
     if "test" not in parts:  # one tree: hold out the test split, seeded and fixed
+        from compress.data import take
+
         x, y = parts["train"]
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
         n_test = max(1, int(round(cfg.test_fraction * len(y))))
-        parts = {"train": (x[perm[n_test:]], y[perm[n_test:]]), "test": (x[perm[:n_test]], y[perm[:n_test]])}
+        parts = {"train": (take(x, perm[n_test:]), y[perm[n_test:]]), "test": (take(x, perm[:n_test]), y[perm[:n_test]])}
     where = cfg.train_dir or cfg.root
     return RawData("image", parts["train"], parts.get("val"), parts["test"], labels=list(classes),
                    description=f"image folder {where}", augment=("shift", "hflip"), prepared=True)
