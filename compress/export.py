@@ -107,7 +107,8 @@ def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool
     if int8 and agree < min_agreement:
         raise ParityError(f"{path}: int8 top-1 agreement with PyTorch is {agree:.4f} on {len(x)} validation "
                           f"images, below the required {min_agreement} (max abs logit diff {diff:.4f}). "
-                          "Try quantize.calibration=percentile or entropy, a larger calibration_size, or fp32.")
+                          "Try quantize.calibration=percentile or entropy, a larger calibration_size, "
+                          "quantize.reduce_range: true, or fp32.")
     if not int8 and diff > max_abs_diff:
         raise ParityError(f"{path}: fp32 max abs logit difference vs PyTorch is {diff:.2e}, above the allowed "
                           f"{max_abs_diff:.0e} (top-1 agreement {agree:.4f}).")

@@ -29,7 +29,7 @@ from compress.spec import InputSpec
 from compress.teacher import load_teacher, teacher_size
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
-from compress.techniques.quantize import quantize_int8
+from compress.techniques.quantize import quantize_int8, reduce_range
 from compress.train import train_
 
 ARTIFACT = "model.onnx"
@@ -193,7 +193,8 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
         path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)
         parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
-        stages.append(Stage.of(path.stem, path, student, True, {**parity, "calibration_fingerprint": calib_fp},
+        stages.append(Stage.of(path.stem, path, student, True, {**parity, "calibration_fingerprint": calib_fp,
+                                                                "reduce_range": reduce_range(q)},
                                data.spec))
     return stages
 

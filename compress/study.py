@@ -245,7 +245,9 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
                                                   ("structured pruning", removes_channels(made)),
                                                   ("int8 static quantization", chosen["int8"])] if on) or "architecture only",
         "format_note": (f"int8, {FORMAT_NAMES[made.quantize.format]} static quantization"
-                        + (", per-channel weights" if made.quantize.per_channel else "")) if chosen["int8"] else "fp32",
+                        + (", per-channel weights" if made.quantize.per_channel else "")
+                        + (", 7-bit weights (reduce_range: no saturation on CPUs without VNNI)"
+                           if parity.get("reduce_range") else "")) if chosen["int8"] else "fp32",
         "metrics": {"val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
                     "teacher_val_accuracy": teacher_rec["val_accuracy"],
                     "teacher_test_accuracy": teacher_rec["test_accuracy"], "test_size": len(data.test),

@@ -49,7 +49,11 @@ def test_bundle_has_everything_a_serving_team_needs(bundle):
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "compress verify" in card and "Preprocessing" in card and m["labels"][9] in card
     # The card names the int8 format the chosen candidate was quantized in (tiny_search: QDQ, per-channel).
-    assert m["format_note"] == ("int8, QDQ static quantization, per-channel weights"
+    from compress.recipe import QuantizeConfig
+    from compress.techniques.quantize import reduce_range
+
+    seven_bit = ", 7-bit weights (reduce_range: no saturation on CPUs without VNNI)" if reduce_range(QuantizeConfig()) else ""
+    assert m["format_note"] == ("int8, QDQ static quantization, per-channel weights" + seven_bit
                                 if m["recipe"]["quantize"]["enabled"] else "fp32")
 
 

@@ -50,3 +50,24 @@ def test_int8_agreement_gate_raises_with_the_numbers(tmp_path, tiny_data):
     with pytest.raises(ParityError, match=r"int8 top-1 agreement with PyTorch is 0\.\d+ on 300 validation images, "
                                           r"below the required 0.99.*quantize.calibration"):
         check_parity(model, int8, tiny_data.val, int8=True, min_agreement=0.99)
+
+
+def test_reduce_range_keeps_weights_in_7_bits_and_is_on_without_vnni(tmp_path, tiny_data):
+    import numpy as np
+    from onnx import numpy_helper
+
+    from compress.latency import environment
+    from compress.techniques.quantize import reduce_range
+
+    model = create_model("cnn", width=8, depth=1).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    calib, _ = calibration_inputs(tiny_data.train, 32, seed=0)
+    widest = {}
+    for rr in (False, True):
+        int8 = quantize_int8(fp32, tmp_path / f"int8_{rr}.onnx", calib, QuantizeConfig(enabled=True, reduce_range=rr))
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        widest[rr] = max(int(np.abs(w.astype(int)).max()) for w in weights)
+    assert widest[True] <= 64 < widest[False]  # 7-bit weights: no u8 x s8 pair can saturate 16 bits
+    has_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(environment()["flags"]))
+    assert reduce_range(QuantizeConfig()) is (not has_vnni)
+    assert reduce_range(QuantizeConfig(reduce_range=False)) is False

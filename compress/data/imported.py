@@ -13,8 +13,19 @@ from compress.errors import DatasetError
 from compress.imports import import_object
 
 
+def _is_xy(split) -> bool:
+    """(x, y) arrays, not a 2-sample list of (sample, label) pairs: y is a 1-D array of numbers."""
+    if not (isinstance(split, (tuple, list)) and len(split) == 2):
+        return False
+    try:
+        y = np.asarray(split[1])
+    except (ValueError, TypeError):
+        return False
+    return y.ndim == 1 and np.issubdtype(y.dtype, np.number)
+
+
 def _as_arrays(split, where: str):
-    if isinstance(split, (tuple, list)) and len(split) == 2:
+    if _is_xy(split):
         return split
     if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
         raise DatasetError(f"{where}: got {type(split).__name__}; return (x, y) arrays or a dataset of (sample, label)")
@@ -27,6 +38,10 @@ def _as_arrays(split, where: str):
             x = x.numpy()
         xs.append(np.asarray(x))
         ys.append(int(y))
+    shapes = sorted({a.shape for a in xs})
+    if len(shapes) > 1:
+        raise DatasetError(f"{where}: samples have different shapes ({shapes[0]}, {shapes[-1]}, ...); return them at "
+                           "one size, or write them as an image folder (source: folder resizes with data.image_size)")
     return np.stack(xs), np.asarray(ys)
 
 

@@ -168,7 +168,8 @@ def _int8_hint(m: dict, problems: list[str]) -> str | None:
     if there & set(VNNI) and not here & set(VNNI):
         return ("note: this is an int8 model measured on a CPU with VNNI, and this CPU has none: ONNX Runtime's "
                 "int8 kernels without VNNI can saturate and change outputs. Serve it on a VNNI CPU, or search "
-                "again on this kind of machine (int8 candidates are then judged by what they compute here).")
+                "again on this kind of machine, where int8 is quantized with 7-bit weights (quantize.reduce_range) "
+                "and judged by what it computes here.")
     return None
 
 

@@ -32,6 +32,15 @@ class _Reader:
         return next(self._batches, None)
 
 
+def reduce_range(cfg: QuantizeConfig) -> bool:
+    """``quantize.reduce_range``, resolved: None is on exactly when this CPU has no VNNI instructions."""
+    if cfg.reduce_range is not None:
+        return cfg.reduce_range
+    from compress.latency import environment
+
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(environment()["flags"])
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, cfg: QuantizeConfig) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -49,7 +58,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(pre), str(out_path), _Reader(INPUT_NAME, calibration),
-                quant_format=fmt, per_channel=cfg.per_channel,
+                quant_format=fmt, per_channel=cfg.per_channel, reduce_range=reduce_range(cfg),
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method,
                 # Calibration tensors are kept in a temp dir of their own, not next to the model.
