@@ -340,3 +340,13 @@ def test_predict_bad_inputs_exit_nonzero_naming_the_file(built, tmp_path, capsys
     assert code == 1 and err.startswith("error: ")
     for text in expect:
         assert text in err, err
+
+
+def test_model_card_warns_when_int8_needs_vnni():
+    from compress.handoff.bundle import _hardware_note
+
+    vnni = {"machine": {"flags": ["avx2", "avx512_vnni"]}}
+    assert "Serve it on CPUs with VNNI" in _hardware_note({**vnni, "format_note": "int8, QDQ static quantization"})[0]
+    assert _hardware_note({**vnni, "format_note": "int8, QDQ static quantization, 7-bit weights (reduce_range)"}) == []
+    assert _hardware_note({**vnni, "format_note": "fp32"}) == []
+    assert _hardware_note({"machine": {"flags": ["avx2"]}, "format_note": "int8, QDQ static quantization"}) == []

@@ -153,6 +153,18 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, test: tuple[np.n
     return folder
 
 
+def _hardware_note(m: dict) -> list[str]:
+    """int8 made with 8-bit weights on a VNNI CPU can saturate on CPUs without VNNI: say so where it applies."""
+    flags = set(m.get("machine", {}).get("flags", []))
+    if "int8" not in m.get("format_note", "") or "7-bit" in m.get("format_note", ""):
+        return []
+    if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return []
+    return ["**Hardware**: int8 with 8-bit weights, made and measured on a CPU with VNNI. Serve it on CPUs with "
+            "VNNI (AVX512-VNNI, AVX-VNNI or AMX): without it ONNX Runtime's int8 kernels can saturate and "
+            "change the outputs. `compress verify` on the serving machine shows whether they do.", ""]
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -175,7 +187,7 @@ def _card(m: dict, spec: InputSpec) -> str:
         f"- Output `{m['output']['name']}`: shape {m['output']['shape']}, {m['output']['meaning']}.",
         "- Labels (output index order): " + ", ".join(f"{i} {n}" for i, n in enumerate(m["labels"])), "",
         "Check a copy before serving it: `compress verify DIR` (needs only onnxruntime and numpy). "
-        f"Try it: `compress predict DIR {example}`.", "",
+        f"Try it: `compress predict DIR {example}`.", "", *_hardware_note(m),
         "## Accuracy", "",
         "| | validation | test |", "| --- | ---: | ---: |",
         f"| this model | {_pct(met['val_accuracy'])} | {_pct(met['test_accuracy'])} |",
