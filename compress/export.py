@@ -73,39 +73,37 @@ def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> 
                            for i in range(0, len(inputs), batch_size)])
 
 
-def onnx_accuracy(path: str | Path, split: Split) -> float:
-    """Top-1 accuracy of an ONNX model on ``split``, batch by batch (a streamed split never sits in memory)."""
+def _onnx_batches(path: str | Path, split: Split, batch_size: int = 500):
+    """(inputs, labels, ONNX logits) batch by batch: a streamed split never sits in memory."""
     from compress.data import batches
     from compress.latency import make_session
 
-    sess = make_session(path, threads=0)
+    sess = make_session(path, threads=0)  # 0: all cores; this is not a timing
     name = sess.get_inputs()[0].name
-    correct = sum(int((sess.run(None, {name: x.numpy()})[0].argmax(1) == y.numpy()).sum()) for _, x, y in batches(split, 500))
-    return correct / len(split)
+    for _, x, y in batches(split, batch_size):
+        yield x, y, sess.run(None, {name: x.numpy()})[0]
+
+
+def onnx_accuracy(path: str | Path, split: Split) -> float:
+    """Top-1 accuracy of an ONNX model on ``split``."""
+    return sum(int((got.argmax(1) == y.numpy()).sum()) for _, y, got in _onnx_batches(path, split)) / len(split)
 
 
 def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool,
                  max_abs_diff: float = 1e-3, min_agreement: float = 0.99) -> dict:
     """Compare ONNX and PyTorch on ``split`` (batch by batch); raise ParityError naming the numbers when it fails."""
-    from compress.data import batches
-    from compress.latency import make_session
-
-    sess = make_session(path, threads=0)  # all cores; parity is not a timing
-    name = sess.get_inputs()[0].name
     model.eval()
     diff, same, n = 0.0, 0, 0
-    for _, x, _ in batches(split, 500):
+    for x, _, got in _onnx_batches(path, split):
         with torch.no_grad():
             ref = model(x).numpy()
-        got = sess.run(None, {name: x.numpy()})[0]
         diff = max(diff, float(np.abs(ref - got).max()))
         same += int((ref.argmax(1) == got.argmax(1)).sum())
         n += len(x)
     agree = same / n
-    x = range(n)  # the messages below name the number of images
     result = {"max_abs_logit_diff": diff, "top1_agreement": agree, "n": int(n), "int8": int8}
     if int8 and agree < min_agreement:
-        raise ParityError(f"{path}: int8 top-1 agreement with PyTorch is {agree:.4f} on {len(x)} validation "
+        raise ParityError(f"{path}: int8 top-1 agreement with PyTorch is {agree:.4f} on {n} validation "
                           f"images, below the required {min_agreement} (max abs logit diff {diff:.4f}). "
                           "Try quantize.calibration=percentile or entropy, a larger calibration_size, "
                           "quantize.reduce_range: true, or fp32.")

@@ -16,12 +16,12 @@ def inspect_recipe(recipe: Recipe) -> dict:
     from compress.export import export_onnx, onnx_accuracy
     from compress.latency import measure
     from compress.pipeline import prepare
-    from compress.teacher import teacher_size
+    from compress.teacher import model_size
 
     data, teacher, tinfo = prepare(recipe)
     spec = data.spec
     counts = [int(v) for v in data.train.labels.bincount(minlength=spec.num_classes)]
-    macs, params = teacher_size(teacher, spec)
+    macs, params = model_size(teacher, spec)
     t = recipe.target
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(teacher, Path(tmp) / "teacher.onnx", recipe.export.opset, spec.shape)

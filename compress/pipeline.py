@@ -26,7 +26,7 @@ from compress.latency import LatencyStats, backend_for, compare, environment
 from compress.models import build_model, takes_argument
 from compress.recipe import PruneConfig, Recipe, RecipeError, space_choices, with_values
 from compress.spec import InputSpec
-from compress.teacher import load_teacher, teacher_size
+from compress.teacher import load_teacher, model_size
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8, reduce_range
@@ -52,7 +52,7 @@ class Stage:
 
     @classmethod
     def of(cls, name: str, onnx: Path, model: nn.Module, int8: bool, parity: dict, spec: InputSpec) -> "Stage":
-        macs, params = teacher_size(model, spec)
+        macs, params = model_size(model, spec)
         return cls(name, onnx, macs, params, int8, parity)
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from compress.data import Dataset
 from compress.latency import measure
 from compress.models import takes_argument
-from compress.teacher import teacher_size
+from compress.teacher import model_size
 from compress.pipeline import build_student, compress_student, from_teacher, model_metrics, removes_channels, trains
 from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, RecipeError, range_is_int, space_leaf, space_spec,
                              with_values)
@@ -250,7 +250,7 @@ class Objective:
         work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        macs, _ = teacher_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
+        macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
         curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}")
         curve = curves.ask()
         trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")

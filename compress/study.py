@@ -30,7 +30,7 @@ from compress.recipe import Recipe, RecipeError, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
 from compress.search import constraint_values, constraints, optimize, storage_url
-from compress.teacher import teacher_size
+from compress.teacher import model_size
 from compress.techniques.quantize import FORMAT_NAMES
 
 
@@ -59,7 +59,7 @@ def run_study(recipe: Recipe) -> dict:
     (out / "summary.json").unlink(missing_ok=True)  # present only once this run's report is complete
     write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
     teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset, data.spec.shape)  # never stale
-    macs, params = teacher_size(teacher, data.spec)
+    macs, params = model_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
                    "test_accuracy": onnx_accuracy(teacher_onnx, data.test), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}

@@ -216,8 +216,8 @@ def load_teacher(cfg: TeacherConfig, spec: InputSpec | None = None) -> tuple[nn.
     return model.eval(), info
 
 
-def teacher_size(model: nn.Module, spec: InputSpec) -> tuple[int | None, int]:
-    """(MACs or None when they cannot be counted, parameters) of any teacher format."""
+def model_size(model: nn.Module, spec: InputSpec) -> tuple[int | None, int]:
+    """(MACs or None when they cannot be counted, parameters) of any model, every teacher format included."""
     if isinstance(model, OnnxTeacher):
         return None, model.count_params()
     try:

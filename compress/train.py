@@ -39,11 +39,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
-    """Logits for every sample of ``split`` on the model's device, returned on the CPU."""
+def iter_logits(model: nn.Module, split: Split, batch_size: int = 1000):
+    """(index, logits on the CPU) batch by batch, computed on the model's device."""
     model.eval()
     device = model_device(model)
-    return torch.cat([model(x.to(device)).float().cpu() for _, x, _ in batches(split, batch_size)])
+    for idx, x, _ in batches(split, batch_size):
+        yield idx, model(x.to(device)).float().cpu()
+
+
+def predict_logits(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for every sample of ``split``, in order, on the CPU."""
+    return torch.cat([logits for _, logits in iter_logits(model, split, batch_size)])
 
 
 def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:

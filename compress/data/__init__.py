@@ -25,9 +25,6 @@ from compress.errors import DatasetError
 from compress.recipe import DataConfig
 from compress.spec import InputSpec
 
-# Kept importable from here: the demo's constants (the model card and older tests name them).
-from compress.data.fashion_mnist import DEBIAN_DIR, LABELS, MEAN, STD  # noqa: E402,F401
-
 INPUT_SHAPE = (1, 28, 28)  # the demo's; everything else reads Dataset.spec.shape
 
 
@@ -111,10 +108,6 @@ class Split:
         return len(self.labels)
 
     @property
-    def images(self) -> torch.Tensor:  # the demo's name for the raw pixels
-        return self.raw
-
-    @property
     def streamed(self) -> bool:
         return isinstance(self.raw, LazyImages)
 
@@ -145,11 +138,6 @@ class Dataset:
 
 SOURCES = {"fashion_mnist": "compress.data.fashion_mnist", "torchvision": "compress.data.torchvision_source",
            "folder": "compress.data.folder", "arrays": "compress.data.arrays", "import": "compress.data.imported"}
-
-
-def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """The demo's normalisation of N x 28 x 28 pixels (Fashion-MNIST statistics)."""
-    return ((images_u8.float() / 255.0) - MEAN).div_(STD).unsqueeze(1)
 
 
 def geometry(cfg: DataConfig, channels: int, height: int, width: int) -> InputSpec:

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from compress.data import Dataset, Split, batches
+from compress.data import Dataset, Split
 from compress.recipe import DistillConfig, TrainConfig
-from compress.train import LossFn, hard_label_loss, model_device
+from compress.train import LossFn, hard_label_loss, iter_logits, model_device
 
 CACHE_DIR = Path(".cache/teacher_logits")
 
@@ -51,14 +51,10 @@ def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     out = None
-    teacher.eval()
-    device = model_device(teacher)
-    with torch.no_grad():
-        for idx, x, _ in batches(split, 500):  # written as computed: never all in memory at once
-            logits = teacher(x.to(device)).float().cpu().numpy()
-            if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), logits.shape[1]))
-            out[idx.numpy()] = logits
+    for idx, logits in iter_logits(teacher, split, 500):  # written as computed: never all in memory at once
+        if out is None:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), logits.shape[1]))
+        out[idx.numpy()] = logits.numpy()
     out.flush()
     del out
     tmp.replace(path)
