@@ -57,24 +57,43 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_search(args) -> int:
+def _study_recipe(args):
+    overrides = list(args.overrides)
+    for key, value in (("storage", args.storage), ("artifacts", args.artifacts),
+                       ("n_trials", getattr(args, "n_trials", None)), ("timeout_s", getattr(args, "timeout", None))):
+        if value is not None:
+            overrides.append(f"search.{key}={value}")
+    if getattr(args, "train_threads", None):
+        import torch
+
+        torch.set_num_threads(args.train_threads)
+    return load_recipe(args.recipe, overrides)
+
+
+def _cmd_search(args, report_only: bool = False) -> int:
     from compress.study import print_study_summary, run_study
 
-    overrides = list(args.overrides)
-    if args.storage:
-        overrides.append(f"search.storage={args.storage}")
-    if args.n_trials is not None:
-        overrides.append(f"search.n_trials={args.n_trials}")
-    if args.timeout is not None:
-        overrides.append(f"search.timeout_s={args.timeout}")
-    recipe = load_recipe(args.recipe, overrides)
-    summary = run_study(recipe)
+    recipe = _study_recipe(args)
+    summary = run_study(recipe, report_only=report_only)
+    if summary is None:  # another process writes (or wrote) the report
+        if not report_only:
+            print(f"\nthis worker is done; the study's report goes to {recipe.out_path}/ on the machine that writes "
+                  "it (`compress report` with the same recipe and --storage writes it here)")
+        return 0
     print_study_summary(summary)
     print(f"\nresults: {recipe.out_path}/  (pareto.png, pareto.html, pareto.csv, trials.csv, summary.json)")
     bundle = recipe.out_path / "artifact"
     print(f"\nservable bundle: {bundle}/  (model.onnx, MODEL_CARD.md, manifest.json, samples/, triton/)")
     print(f"verify it:       compress verify {bundle}")
     return 0
+
+
+def _storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="Optuna storage: sqlite:///FILE (default results/<name>/study.db), "
+                                     "postgresql+psycopg2://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass) or "
+                                     "journal:FILE; every worker of a study names the same one")
+    p.add_argument("--artifacts", help="Optuna artifact store for the trial models: a folder every worker reaches "
+                                       "(default results/<name>/artifacts), s3://BUCKET or gs://BUCKET")
 
 
 def _ints(text: str) -> list[int]:
@@ -163,10 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("search", help="the main job: Optuna search, Pareto front, baselines, artifact (resumable)")
     _recipe_args(p)
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/<name>/study.db)")
-    p.add_argument("--n-trials", type=int, help="complete + pruned trials to reach (resumed trials count)")
-    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    _storage_args(p)
+    p.add_argument("--n-trials", type=int, help="the study's complete + pruned trials to reach, all workers together "
+                                                "(resumed trials count)")
+    p.add_argument("--timeout", type=float, help="the study's seconds of trials after which no new trial starts")
+    p.add_argument("--train-threads", type=int, help="PyTorch threads for training (several workers on one machine: "
+                                                     "cores / workers, so they do not oversubscribe)")
     p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("report", help="write the study's report and bundle from its storage (once; again when rerun): "
+                                      "final measurement, baselines, Pareto front, artifact")
+    _recipe_args(p)
+    _storage_args(p)
+    p.set_defaults(func=lambda a: _cmd_search(a, report_only=True))
     p = sub.add_parser("bench", help="measure ONNX models with the product's latency protocol")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--vs", help="a second ONNX model, timed interleaved with the first; prints the ratio")
@@ -215,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (RecipeError, CompressError) as err:
+    except (RecipeError, CompressError) as err:  # StorageError included
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

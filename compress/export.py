@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -44,9 +45,11 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, input_shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = getattr(model, "path", None)
+    # Written beside and moved into place: a neighbour worker reading ``path`` never sees half a file.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     if source is not None and Path(source).suffix == ".onnx":  # an OnnxTeacher
-        shutil.copyfile(source, path)
-        return path
+        shutil.copyfile(source, tmp)
+        return tmp.replace(path)
     model = model.eval().to(memory_format=torch.contiguous_format)
     errors = []
     # dynamo specialises a dimension of size 1, so its example batch is 2.
@@ -54,12 +57,12 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, input_shape
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                export(model, torch.zeros(batch, *input_shape), path, opset)
-            onnx.checker.check_model(str(path), full_check=True)
-            return path
+                export(model, torch.zeros(batch, *input_shape), tmp, opset)
+            onnx.checker.check_model(str(tmp), full_check=True)
+            return tmp.replace(path)
         except Exception as err:  # noqa: BLE001 - try the next exporter, report both
             errors.append(f"{name} exporter: {type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
-            path.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
     raise ExportError(f"could not export {type(model).__name__} to ONNX (opset {opset}, input "
                       f"{[1, *input_shape]}): " + "; ".join(errors))
 

@@ -58,3 +58,11 @@ def publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old)
     else:
         staging.rename(out)
+
+
+def fault(point: str) -> None:
+    """Fault injection for the tests: ``COMPRESS_KILL_AT=<point>`` kills this process there, as kill -9 would."""
+    if os.environ.get("COMPRESS_KILL_AT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

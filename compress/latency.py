@@ -24,6 +24,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from compress.errors import ModelFileError, TargetError
+from compress.hostlock import measuring
 
 if TYPE_CHECKING:  # at run time any object with these fields will do: verify runs without pydantic
     from compress.recipe import LatencyConfig
@@ -209,7 +210,7 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
 
     A set whose p50 or p95 confidence interval is still too wide at the cap is measured again with twice the time.
     """
-    with pinned(threads), _gc_paused():
+    with measuring(), pinned(threads), _gc_paused():  # neighbours on this host pause meanwhile
         runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
         medians = [_warm_up(run, cfg.warmup_runs) for run in runners.values()]
         size = _round_size(medians)

@@ -24,7 +24,7 @@ from compress.io import publish, staging_dir, write_json_atomic, write_text_atom
 from compress.errors import TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
 from compress.models import build_model, takes_argument
-from compress.recipe import PruneConfig, Recipe, RecipeError, space_choices, with_values
+from compress.recipe import PruneConfig, Recipe, RecipeError, public_yaml, space_choices, with_values
 from compress.spec import InputSpec
 from compress.teacher import load_teacher, model_size
 from compress.techniques.distill import make_loss, teacher_logits_for
@@ -249,7 +249,7 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
             "machine": machine_info(recipe.target.device),
             "wall_time_s": round(time.time() - t0, 1),
         }
-        write_text_atomic(work / "recipe.yaml", recipe.to_yaml())
+        write_text_atomic(work / "recipe.yaml", public_yaml(recipe))
         write_json_atomic(work / "metrics.json", {"models": metrics, "artifact": final.name})
         write_json_atomic(work / "summary.json", summary)
     except BaseException:

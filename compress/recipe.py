@@ -221,7 +221,13 @@ class SearchConfig(_Section):
     # Search-time training uses the first fraction of the training split; every candidate is still
     # evaluated on the full validation and test splits.
     train_fraction: float = Field(1.0, gt=0, le=1)
-    storage: str | None = None  # any Optuna storage URL; None: sqlite:///results/<name>/study.db
+    # Any Optuna storage URL; None: sqlite:///results/<name>/study.db. journal:PATH is Optuna's journal file
+    # (several processes on one machine); postgresql+psycopg2://user@host/db for many machines (password from
+    # PGPASSWORD or ~/.pgpass; one given in the URL is masked in every output).
+    storage: str | None = None
+    # Optuna artifact store for the trials' models: a folder every worker reaches (None: results/<name>/artifacts),
+    # s3://bucket or gs://bucket.
+    artifacts: str | None = None
     keep_dominated_models: bool = False  # dominated trials' ONNX files are deleted to save disk
     baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
     baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
@@ -299,6 +305,14 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def public_dict(self) -> dict[str, Any]:
+        """``to_dict`` for outputs: the storage URL with any password masked."""
+        from compress.storage import mask
+
+        data = self.to_dict()
+        data["search"]["storage"] = mask(data["search"]["storage"])
+        return data
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -495,3 +509,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if isinstance(data, dict):
         data = apply_overrides(data, overrides or [])
     return recipe_from_dict(data, str(path))
+
+
+def public_dict(recipe: Recipe) -> dict[str, Any]:
+    return recipe.public_dict()
+
+
+def public_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as written to results/: no password."""
+    return yaml.safe_dump(recipe.public_dict(), sort_keys=False)

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
+from compress.io import sha256_file
 from compress.latency import measure
 from compress.models import takes_argument
 from compress.teacher import model_size
@@ -43,10 +44,15 @@ def storage_url(recipe: Recipe) -> str:
     return f"sqlite:///{(recipe.out_path / 'study.db').as_posix()}"
 
 
+def artifact_location(recipe: Recipe) -> str:
+    """Where trial models are uploaded (Optuna's artifact store): a folder every worker can reach."""
+    return recipe.search.artifacts or str((recipe.out_path / "artifacts").resolve())
+
+
 def search_fingerprint(recipe: Recipe) -> str:
     """What makes two runs the same study: everything but how long to run and where it is kept."""
     data = recipe.to_dict()
-    for k in ("n_trials", "timeout_s", "storage"):
+    for k in ("n_trials", "timeout_s", "storage", "artifacts"):
         data["search"].pop(k)
     data["output_dir"] = "."
     return Recipe.model_validate(data).fingerprint()
@@ -56,8 +62,13 @@ CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Named Optuna constraints (``Trial.set_constraint``), <= 0 feasible; unmeasured trials are infeasible."""
-    return [trial.constraints.get(k, 1.0) for k in CONSTRAINTS]
+    """The trial's constraint values in ``CONSTRAINTS`` order, <= 0 feasible; unmeasured trials are infeasible.
+    Studies made before the list form stored them by name (``Trial.set_constraint``)."""
+    c = trial.constraints
+    for keys in ([str(i) for i in range(len(CONSTRAINTS))], list(CONSTRAINTS)):
+        if all(k in c for k in keys):
+            return [c[k] for k in keys]
+    return [1.0] * len(CONSTRAINTS)
 
 
 def constraint_values(val_accuracy: float, p95_ms: float, throughput_sps: float, teacher_val_accuracy: float,
@@ -74,16 +85,18 @@ def constraint_values(val_accuracy: float, p95_ms: float, throughput_sps: float,
             float(cores_over)]
 
 
-def _sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
+def sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
     s = recipe.search
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=recipe.seed, population_size=max(4, min(50, s.n_trials // 2)))
-    # Constraints reach both samplers through Trial.set_constraint in the objective.
-    # group=True: multivariate TPE over a conditional space (see ``suggest``) models each subspace on its own.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=recipe.seed, population_size=max(4, min(50, s.n_trials // 2)))
+        # Both samplers find the constraints on the trials (see Objective). group=True: multivariate TPE
+        # over a conditional space (see ``suggest``) models each subspace on its own.
+        # constant_liar: workers sharing the study see each other's running trials as bad, not as absent, so
+        # two of them do not sample the same region at once.
         return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=s.startup_trials, multivariate=True,
-                                          group=True)
+                                          group=True, constant_liar=True)
 
 
 def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
@@ -95,51 +108,6 @@ def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
         epochs = max(recipe.distill.train.epochs, recipe.prune.finetune.epochs)  # scratch or from-teacher schedule
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()
-
-
-def _storage(url: str):
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    # Heartbeats let Optuna mark a trial whose process died as failed; the callback re-queues its
-    # parameters, so the slot is re-run rather than lost.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=20, grace_period=60,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-
-
-def open_study(recipe: Recipe) -> optuna.Study:
-    """Create the study, or load it to resume; refuses a stored study made by a different recipe."""
-    storage = _storage(storage_url(recipe))
-    study = optuna.create_study(storage=storage, sampler=_sampler(recipe), study_name=recipe.name,
-                                directions=["maximize", "minimize"], load_if_exists=True)
-    fp = search_fingerprint(recipe)
-    stored = study.user_attrs.get("recipe_fingerprint")
-    if stored is None:
-        study.set_user_attr("recipe_fingerprint", fp)
-        study.set_user_attr("recipe", recipe.to_dict())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["val_accuracy", "latency_p95_ms"])
-    elif stored != fp:
-        raise RecipeError(
-            f"study {recipe.name!r} in {storage_url(recipe)} was made by a different recipe (fingerprint {stored} "
-            f"vs {fp} now); resuming would mix trials of two searches. Rename the recipe (name:), pass another "
-            "--storage, or delete the old study file to start again.")
-    return study
-
-
-def _requeue_interrupted(study: optuna.Study) -> int:
-    """Trials cut off by Ctrl-C are marked failed by Optuna; queue their parameters again, once each."""
-    retried = {t.user_attrs.get("retry_of") for t in study.trials}
-    n = 0
-    for t in study.trials:
-        if (t.state == TrialState.FAIL and t.number not in retried and "retry_of" not in t.user_attrs and t.params
-                and "failed" not in t.user_attrs):  # a parity failure would only fail again
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            n += 1
-    return n
 
 
 def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
@@ -237,22 +205,32 @@ class Objective:
     teacher_info: dict
     teacher_val_accuracy: float
     study: optuna.Study
+    store: Any = None  # Optuna artifact store: every complete trial's model is uploaded there
+    claimed: Any = None  # called once the trial exists in the storage: ends the claim (StudyLock.release)
 
     def _curves(self, tier: str) -> optuna.Study:
-        # Same database, no heartbeat: curve trials are driven by ask/tell, not by Study.optimize.
-        storage = optuna.storages.RDBStorage(storage_url(self.recipe))
-        return optuna.create_study(storage=storage, study_name=f"{self.recipe.name}:curves:{tier}",
+        # Same storage; curve trials are driven by ask/tell, not by Study.optimize.
+        return optuna.create_study(storage=self.study._storage, study_name=f"{self.recipe.name}:curves:{tier}",
                                    direction="maximize", pruner=_pruner(self.recipe), load_if_exists=True)
 
     def __call__(self, trial: optuna.Trial):
+        from compress import hostlock
+        from compress.storage import me
+
+        trial.set_user_attr("worker", me())  # a rerun on this host fails it at once if this process dies
+        if self.claimed:
+            self.claimed()
         values = suggest(trial, self.recipe)
         r = with_values(self.recipe, values)
         work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
+        paused0 = hostlock.paused_s
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
         curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}")
-        curve = curves.ask()
+        with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
+            warnings.simplefilter("ignore", UserWarning)
+            curve = curves.ask()
         trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")
         # After the last epoch of a student's only training, measuring it costs less than pruning would save.
         only = from_teacher(r) or not r.prune.enabled
@@ -270,6 +248,10 @@ class Objective:
             shutil.rmtree(work, ignore_errors=True)
             raise
         except BaseException as err:
+            from compress.storage import is_connection_error
+
+            if is_connection_error(err):  # the database, not the candidate: the trial is run again
+                raise
             curves.tell(curve, state=TrialState.FAIL)
             if isinstance(err, Exception):
                 trial.set_user_attr("failed", f"{type(err).__name__}: {str(err)[:500]}")
@@ -280,66 +262,21 @@ class Objective:
         for s in stages[:-1]:
             s.onnx.unlink(missing_ok=True)
         lat = measure(model, r.latency, r.target.batch_size, r.target.threads, r.target.device)
-        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat), "stage": final.name}
+        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat), "stage": final.name,
+                   "paused_for_neighbours_s": round(hostlock.paused_s - paused0, 2),
+                   "model_sha256": sha256_file(model)}
         val = metrics["val_accuracy"]
         curves.tell(curve, val)
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("artifact_path", str(model.relative_to(self.recipe.out_path)))  # relocatable study
-        for name, value in zip(CONSTRAINTS, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r)):
-            trial.set_constraint(name, value)
+        if self.store is not None:  # where every worker (and the finisher) can fetch it, and the dashboard shows it
+            from optuna.artifacts import upload_artifact
+
+            trial.set_user_attr("model_artifact", upload_artifact(artifact_store=self.store, file_path=str(model),
+                                                                  study_or_trial=trial))
+        # The list form under "constraints" is what Optuna's samplers and optuna-dashboard both read (the
+        # dashboard does not read Trial.set_constraint's named keys); the names are CONSTRAINTS, in order.
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", constraint_values(
+            val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r))
+        trial.set_user_attr("constraint_names", list(CONSTRAINTS))
         return val, lat.p95_ms
-
-
-class Progress:
-    """One line per finished trial: n/N, its accuracy and p95, best feasible so far, elapsed, ETA."""
-
-    def __init__(self, target: int, already: int, timeout_s: float | None = None):
-        self.target, self.already, self.start, self.timeout_s = target, already, time.time(), timeout_s
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = [t for t in study.trials if t.state in DONE]
-        n, ran = len(done), len(done) - self.already
-        elapsed = time.time() - self.start
-        per_trial = elapsed / max(ran, 1)
-        eta = per_trial * max(self.target - n, 0)
-        if self.timeout_s is not None:  # no trial starts after the timeout: the last one started ends ~1 trial later
-            eta = min(eta, max(0.0, self.timeout_s - elapsed) + per_trial)
-        if trial.state == TrialState.COMPLETE:
-            m = trial.user_attrs["metrics"]
-            what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
-                "" if max(constraints(trial)) <= 0 else " (infeasible)")
-        else:
-            what = trial.state.name.lower()
-        feas = [t for t in done if t.state == TrialState.COMPLETE and max(constraints(t)) <= 0]
-        best = max(feas, key=lambda t: t.values[0], default=None)
-        best_s = (f"best feasible #{best.number} {100 * best.values[0]:.2f}% @ {best.values[1]:.3f} ms"
-                  if best else "no feasible trial yet")
-        tqdm.write(f"[trial {n}/{self.target}] #{trial.number} {what} | {best_s} | elapsed {elapsed / 60:.1f} min, "
-                   f"ETA {eta / 60:.1f} min")
-
-
-def optimize(recipe: Recipe, full: Dataset, teacher, teacher_info: dict, teacher_val_accuracy: float) -> optuna.Study:
-    """Run (or resume) the study until ``search.n_trials`` trials are complete or pruned."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(recipe)
-    requeued = _requeue_interrupted(study)
-    done = sum(t.state in DONE for t in study.trials)
-    target = recipe.search.n_trials
-    if done:
-        tqdm.write(f"resuming study {recipe.name!r}: {done}/{target} trials done"
-                   + (f", {requeued} interrupted trial(s) queued again" if requeued else ""))
-    if done >= target:
-        return study
-    if not study.trials:  # a new study: its first trials cover the categorical choices
-        for params in covering_startup(recipe):
-            study.enqueue_trial(params, user_attrs={"startup": "covering"})
-    n_train = max(1, int(len(full.train) * recipe.search.train_fraction))
-    data = dataclasses.replace(full, train=full.train.head(n_train))
-    objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study)
-    from compress.export import ParityError
-
-    study.optimize(
-        objective, n_trials=2 * (target - done), timeout=recipe.search.timeout_s, catch=(ParityError,),
-        callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), Progress(target, done, recipe.search.timeout_s)],
-    )
-    return study

@@ -26,12 +26,37 @@ from compress.export import export_onnx, onnx_accuracy
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
 from compress.pipeline import machine_info, model_metrics, prepare, removes_channels, summarize, trains
-from compress.recipe import Recipe, RecipeError, with_values
+from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, with_values
 from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
-from compress.search import constraint_values, constraints, optimize, storage_url
+from compress.search import constraint_values, constraints, storage_url
+from compress.storage import mask
+from compress.workers import artifact_store, claim_finisher, open_study, optimize
 from compress.teacher import model_size
 from compress.techniques.quantize import FORMAT_NAMES
+
+
+def _fetch_model(rec: dict, study: optuna.Study, store) -> bool:
+    """Make the trial's model file local, from the artifact store when this machine did not train it (or its
+    copy differs from the one measured); False when it is nowhere."""
+    path = Path(rec["artifact_path"]) if rec["artifact_path"] else None
+    t = study.get_trials(deepcopy=False)[rec["trial"]]
+    want, artifact = t.user_attrs.get("metrics", {}).get("model_sha256"), t.user_attrs.get("model_artifact")
+    if path is not None and path.is_file() and (want is None or sha256_file(path) == want):
+        return True
+    if path is None or artifact is None:
+        return False
+    from optuna.artifacts import download_artifact
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.download")
+    try:
+        download_artifact(artifact_store=store, file_path=str(tmp), artifact_id=artifact)
+    except Exception as err:  # noqa: BLE001 - reported as missing, with the store named in the error
+        tqdm.write(f"trial {rec['trial']}: could not fetch its model {artifact} from the artifact store: {err}")
+        return False
+    tmp.replace(path)
+    return True
 
 
 def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
@@ -50,22 +75,35 @@ def _with_latency(rec: dict, alone, interleaved) -> dict:
     return {**rec, "latency_measured": "final", **alone.record_fields(), "latency_interleaved": interleaved.to_dict()}
 
 
-def run_study(recipe: Recipe) -> dict:
-    """The whole job; returns summary.json's content."""
+def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
+    """One worker of the study: its share of the trials, then the report when this worker is the finisher
+    (see compress.workers). Returns summary.json's content, or None when another process writes the report.
+    ``report_only`` (``compress report``): no trials, the report (again)."""
     t0 = time.time()
+    study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     data, teacher, tinfo = prepare(recipe)
     out = recipe.out_path
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)  # present only once this run's report is complete
-    write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
     teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset, data.spec.shape)  # never stale
     macs, params = model_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
                    "test_accuracy": onnx_accuracy(teacher_onnx, data.test), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
 
-    study = optimize(recipe, data, teacher, tinfo, teacher_rec["val_accuracy"])
+    if not report_only:
+        optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
+    claim = claim_finisher(recipe, study, explicit=report_only)
+    if claim is None:
+        return None
+    with claim:
+        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0)
 
+
+def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) -> dict:
+    out = recipe.out_path
+    (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
+    write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
+    store = artifact_store(recipe, study)
     trials = [_trial_record(t, out) for t in study.trials]
     complete = [r for r in trials if r["state"] == "COMPLETE"]
     if not complete:
@@ -73,12 +111,13 @@ def run_study(recipe: Recipe) -> dict:
     for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
         complete[i]["pareto"] = True
     front = [r for r in complete if r["pareto"]]
-    missing = [r for r in front if not Path(r["artifact_path"]).is_file()]
+    missing = [r for r in front if not _fetch_model(r, study, store)]
     if missing:
         raise RecipeError(
-            f"study {recipe.name!r}: the model files of Pareto trial(s) {[r['trial'] for r in missing]} are gone "
-            f"(e.g. {missing[0]['artifact_path']}); the study cannot be finished from its database alone. Restore "
-            f"them, or delete {storage_url(recipe)} (and {out / 'trials'}) to search again.")
+            f"study {recipe.name!r}: the model files of Pareto trial(s) {[r['trial'] for r in missing]} are neither "
+            f"here (e.g. {missing[0]['artifact_path']}) nor in the artifact store; the study cannot be finished from "
+            f"its database alone. Restore them, point --artifacts at the store the workers used, or delete "
+            f"{mask(storage_url(recipe))} (and {out / 'trials'}) to search again.")
     chosen = _choose(front)
     chosen_recipe = with_values(recipe, chosen["params_"])
 
@@ -135,7 +174,20 @@ def run_study(recipe: Recipe) -> dict:
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
     chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
     _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows, trial_time_front)
+    _attach(study, store, out)
     return summary
+
+
+def _attach(study: optuna.Study, store, out: Path) -> None:
+    """The report's files as study artifacts: optuna-dashboard shows (and serves) what the report shows."""
+    from optuna.artifacts import upload_artifact
+
+    ids = {}
+    for name in ("pareto.png", "pareto.html", "pareto.csv", "summary.json", "artifact/MODEL_CARD.md",
+                 "artifact/model.onnx"):
+        if (out / name).is_file():
+            ids[name] = upload_artifact(artifact_store=store, file_path=str(out / name), study_or_trial=study)
+    study.set_user_attr("report_artifacts", ids)
 
 
 def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path,
@@ -198,7 +250,7 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "teacher_sha256": tinfo["sha256"],
         "data_fingerprint": data.fingerprint,
         "spec": data.spec.to_dict(),
-        "storage": study._storage.url if hasattr(study._storage, "url") else None,
+        "storage": mask(storage_url(recipe)),
         "machine": machine_info(recipe.target.device),
         "wall_time_s": round(time.time() - t0, 1),
     }
@@ -258,7 +310,7 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
                           "batch": recipe.slo.batch.model_dump() if recipe.slo.batch else None, "met": summary["slo_met"]},
         "capacity": summary.get("capacity"), "currency": recipe.cost.currency,
         "trial": {"number": chosen["trial"], "params": chosen["params_"]},
-        "recipe": made.to_dict(),
+        "recipe": public_dict(made),
         "lineage": {"teacher_sha256": summary["teacher_sha256"], "dataset_fingerprint": summary["data_fingerprint"],
                     "calibration_fingerprint": parity.get("calibration_fingerprint"), "seed": recipe.seed,
                     "model_sha256_before_metadata": sha256_file(model)},

@@ -33,3 +33,40 @@ def tiny_study(tmp_path_factory):
     os.chdir(ROOT)
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={out}"])
     return recipe, run_study(recipe)
+
+
+# -- PostgreSQL: a throwaway server on loopback (tests/pg.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A started PostgresServer of this test session (127.0.0.1, a free port, its own temp data
+    dir, removed at the end); skips when this machine has no server binaries (`make setup`
+    installs them on Debian)."""
+    import pg
+
+    ok, why = pg.available()
+    if not ok:
+        pytest.skip(why)
+    with pg.PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres, request):
+    """The URL (postgresql+psycopg2://...) of a fresh database of this test's own, so tests do not
+    see each other's studies; dropped afterwards."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]+", "_", request.node.name.lower())[:40]
+    name = f"t_{name}_{uuid.uuid4().hex[:8]}"
+    if not postgres.running:  # an earlier test stopped the shared server
+        postgres.start()
+    url = postgres.create_database(name)
+    yield url
+    if postgres.running:
+        try:
+            postgres.drop_database(name)
+        except Exception:  # best effort: the whole data dir goes at the end of the session
+            pass

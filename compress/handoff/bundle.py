@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.handoff.common import FORMAT, IDX_SOURCE, _session, manifest_sha256
-from compress.io import publish, sha256_file, staging_dir, write_json_atomic, write_text_atomic
+from compress.io import fault, publish, sha256_file, staging_dir, write_json_atomic, write_text_atomic
 from compress.spec import INPUT_NAME, OUTPUT_NAME, InputSpec
 
 N_SAMPLES = 8  # sample inputs shipped with their outputs: enough to catch a wrong runtime, few enough to read
@@ -148,6 +148,7 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, test: tuple[np.n
     write_text_atomic(staging / "MODEL_CARD.md", _card(manifest, spec))
     manifest["files"] = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
                          if p.is_file() and p.name != "manifest.json"}
+    fault("bundle")  # tests: a finisher killed mid-bundle leaves only the staging folder
     write_json_atomic(staging / "manifest.json", manifest)
     publish(staging, folder)
     return folder

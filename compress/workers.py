@@ -1,0 +1,306 @@
+"""Many workers, one study: the trial budget, the covering grid, retries and the finisher are the study's.
+
+Each ``compress search`` process is a worker. Under the study lock (``compress.storage.StudyLock``) a
+worker fails the trials of dead workers (its own host: the recorded process is gone; any host: Optuna's
+heartbeat is stale), queues each failed trial's parameters again once, counts the study's complete,
+pruned and running trials against ``search.n_trials`` (and the study's busy time against
+``search.timeout_s``), queues the next covering-grid point when one is left, and creates its trial. The
+lock is released as soon as the trial exists, so training runs in parallel.
+
+The report is written once per set of trials: by the worker that finds the budget spent and no trial
+running, or by ``compress report``. Its claim is a study attribute holding the finisher's identity and a
+beat refreshed every few seconds; another process takes over only a claim whose process is gone (same
+host) or whose beat is stale (any host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from compress.recipe import Recipe, RecipeError
+from compress.search import (DONE, Objective, artifact_location, constraints, covering_startup, sampler,
+                             search_fingerprint, storage_url)
+from compress.storage import (GRACE_S, HOST, StudyLock, alive, is_connection_error, mask, me, open_storage,
+                              retrying)
+
+MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (one that kills its worker would loop)
+FINISHER_BEAT_S = 10.0
+
+
+def open_study(recipe: Recipe) -> optuna.Study:
+    """Create the study, or load it to resume or to join it; refuses a stored study made by a different recipe."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(recipe)
+    storage = open_storage(url)
+    with StudyLock(url, recipe.name):
+        study = optuna.create_study(storage=storage, sampler=sampler(recipe), study_name=recipe.name,
+                                    directions=["maximize", "minimize"], load_if_exists=True)
+        fp = search_fingerprint(recipe)
+        attrs = study.user_attrs
+        stored = attrs.get("recipe_fingerprint")
+        if stored is None:
+            study.set_user_attr("recipe_fingerprint", fp)
+            public = recipe.to_dict()
+            public["search"]["storage"] = mask(public["search"]["storage"])
+            study.set_user_attr("recipe", public)
+            study.set_user_attr("covering", covering_startup(recipe))  # queued one at a time, by whoever claims next
+            if recipe.search.artifacts:
+                study.set_user_attr("artifact_store", recipe.search.artifacts)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(["val_accuracy", "latency_p95_ms"])
+        elif stored != fp:
+            raise RecipeError(
+                f"study {recipe.name!r} in {mask(url)} was made by a different recipe (fingerprint {stored} vs {fp} "
+                "now); resuming would mix trials of two searches. Rename the recipe (name:), pass another --storage, "
+                "or delete the old study to start again.")
+    return study
+
+
+def artifact_store(recipe: Recipe, study: optuna.Study):
+    """The Optuna artifact store: ``--artifacts``, else the one the study was made with, else results/<name>/artifacts.
+    A folder (shared by every worker), ``s3://bucket`` (boto3) or ``gs://bucket`` (google-cloud-storage)."""
+    where = recipe.search.artifacts or study.user_attrs.get("artifact_store") or artifact_location(recipe)
+    if where.startswith("s3://"):
+        from optuna.artifacts import Boto3ArtifactStore
+
+        return Boto3ArtifactStore(where[len("s3://"):].split("/", 1)[0])
+    if where.startswith("gs://"):
+        from optuna.artifacts import GCSArtifactStore
+
+        return GCSArtifactStore(where[len("gs://"):].split("/", 1)[0])
+    from pathlib import Path
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(where)
+
+
+def busy_seconds(trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> float:
+    """Time during which at least one trial ran: the union of the trials' intervals. The study's clock for
+    ``search.timeout_s`` and its rate: several workers share it, a pause between two runs is not counted."""
+    now = now or time.time()
+    spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp() if t.datetime_complete else now)
+                   for t in trials if t.datetime_start is not None)
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def fail_dead(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose worker is dead: on this host at once (its process is gone), on others when
+    Optuna's heartbeat is stale. Returns their numbers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # no-op on storages without heartbeats (journal)
+    failed = []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        # This process runs no trial while it claims one: a RUNNING trial of its own lost its database
+        # connection on the way (a server restart) and could not be told.
+        mine = worker is not None and worker.get("host") == HOST and worker.get("pid") == os.getpid()
+        if mine or alive(worker) is False:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a finished trial is read-only
+                storage.set_trial_user_attr(t._trial_id, "died", (
+                    "its database connection was lost" if mine else
+                    f"worker {worker['pid']} on {HOST} was gone when another worker looked"))
+                if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    failed.append(t.number)
+    return failed
+
+
+def requeue_failed(study: optuna.Study) -> list[int]:
+    """Queue the parameters of each trial that failed without an error of its own (its worker died, or was
+    interrupted) once more; a trial that raised (e.g. int8 parity) would only fail again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    queued = []
+    for t in trials:
+        depth = t.user_attrs.get("retry_depth", 0)
+        if (t.state == TrialState.FAIL and t.number not in retried and t.params and "failed" not in t.user_attrs
+                and depth < MAX_RETRIES):
+            keep = {k: t.user_attrs[k] for k in ("covering_index", "startup") if k in t.user_attrs}
+            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number, "retry_depth": depth + 1})
+            queued.append(t.number)
+    return queued
+
+
+def _queue_covering(study: optuna.Study) -> None:
+    """The next unused covering-grid point, unless a trial is already waiting (a retry goes first)."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return
+    grid = study.user_attrs.get("covering", [])
+    used = {t.user_attrs.get("covering_index") for t in trials}
+    for i, params in enumerate(grid):
+        if i not in used and params:
+            study.enqueue_trial(params, user_attrs={"startup": "covering", "covering_index": i})
+            return
+
+
+def budget_left(study: optuna.Study, recipe: Recipe) -> str | None:
+    """None while this worker may start a trial; otherwise why not."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in DONE for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    if done + running >= recipe.search.n_trials:
+        return (f"{done}/{recipe.search.n_trials} trials done" + (f", {running} running on other workers"
+                                                                    if running else ""))
+    if recipe.search.timeout_s is not None and busy_seconds(trials) >= recipe.search.timeout_s:
+        return f"the study's time budget ({recipe.search.timeout_s:.0f} s of trials) is spent"
+    return None
+
+
+class Progress:
+    """One line per finished trial with the study-wide count (every worker's trials), its accuracy and p95,
+    the best feasible trial so far, the workers running, and an ETA from the study's rate."""
+
+    def __init__(self, target: int):
+        self.target, self.start = target, time.time()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state in DONE]
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        per_trial = busy_seconds(trials) / max(len(done), 1)  # the study's rate: all workers together
+        eta = per_trial * max(self.target - len(done), 0)
+        if trial.state == TrialState.COMPLETE:
+            m = trial.user_attrs["metrics"]
+            what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
+                "" if max(constraints(trial)) <= 0 else " (infeasible)")
+        else:
+            what = trial.state.name.lower()
+        feas = [t for t in done if t.state == TrialState.COMPLETE and max(constraints(t)) <= 0]
+        best = max(feas, key=lambda t: t.values[0], default=None)
+        best_s = (f"best feasible #{best.number} {100 * best.values[0]:.2f}% @ {best.values[1]:.3f} ms"
+                  if best else "no feasible trial yet")
+        others = f", {running} running" if running else ""
+        tqdm.write(f"[study {len(done)}/{self.target}{others}] #{trial.number} {what} | {best_s} | this worker "
+                   f"{(time.time() - self.start) / 60:.1f} min, study ETA {eta / 60:.1f} min")
+
+
+def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: dict,
+             teacher_val_accuracy: float) -> optuna.Study:
+    """Run trials of the study (shared with any other worker) until its budget is spent."""
+    from compress.export import ParityError
+
+    url = storage_url(recipe)
+    lock = StudyLock(url, recipe.name)
+    n_train = max(1, int(len(full.train) * recipe.search.train_fraction))
+    data = dataclasses.replace(full, train=full.train.head(n_train))
+    objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study,
+                          store=artifact_store(recipe, study), claimed=lock.release)
+    progress = Progress(recipe.search.n_trials)
+    attempts, first = 0, True
+    while attempts < 2 * recipe.search.n_trials:  # trials that fail with an error do not count toward the budget
+        with lock:
+            died = retrying(fail_dead, study)
+            queued = retrying(requeue_failed, study)
+            if died or queued:
+                tqdm.write(f"trial(s) {died or queued} of a worker that died or was interrupted: failed, and "
+                           "their parameters queued again")
+            spent = retrying(budget_left, study, recipe)
+            if first:
+                done = sum(t.state in DONE for t in study.get_trials(deepcopy=False))
+                if done:
+                    tqdm.write(f"study {recipe.name!r} in {mask(url)}: {done}/{recipe.search.n_trials} trials done")
+                first = False
+            if spent:
+                tqdm.write(f"no new trial from this worker: {spent}")
+                break
+            retrying(_queue_covering, study)
+            try:
+                study.optimize(objective, n_trials=1, catch=(ParityError,), callbacks=[progress])
+            except Exception as err:
+                if not is_connection_error(err):
+                    raise
+                # The database went away mid-trial (a server restart): wait for it, then the next claim fails
+                # this trial and queues its parameters again.
+                tqdm.write(f"lost the study's database during a trial ({str(err).strip().splitlines()[0][:120]})")
+                retrying(study.get_trials, deepcopy=False)
+        attempts += 1
+    return study
+
+
+# --- the finisher -------------------------------------------------------------------------------------------
+
+class FinisherClaim:
+    """This process holds the right to write the study's report; a thread keeps the claim's beat fresh."""
+
+    def __init__(self, study: optuna.Study):
+        self.study, self._stop = study, threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(FINISHER_BEAT_S):
+            try:
+                self.study.set_user_attr("finisher", {**me(), "beat": time.time()})
+            except Exception:  # a database restart: the next beat tries again
+                pass
+
+    def __enter__(self) -> "FinisherClaim":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is None:
+            done = sum(t.state in DONE for t in self.study.get_trials(deepcopy=False))
+            retrying(self.study.set_user_attr, "report", {"trials_done": done, "at": time.time(), "by": me()})
+        retrying(self.study.set_user_attr, "finisher", None)
+
+
+def _claim_live(claim: dict | None) -> bool:
+    if not claim:
+        return False
+    here = alive(claim)
+    if here is not None:
+        return here
+    return time.time() - claim.get("beat", 0) < max(GRACE_S, 6 * FINISHER_BEAT_S)
+
+
+def claim_finisher(recipe: Recipe, study: optuna.Study, explicit: bool) -> FinisherClaim | None:
+    """The claim to write the report, or None (with the reason printed) when another process has it, when
+    trials still run elsewhere (the last worker to finish writes it), or when it is already written for
+    exactly these trials. ``explicit`` (``compress report``) writes it again in the last two cases."""
+    url = storage_url(recipe)
+    with StudyLock(url, recipe.name):
+        retrying(fail_dead, study)
+        trials = study.get_trials(deepcopy=False)
+        claim = study.user_attrs.get("finisher")
+        if _claim_live(claim) and claim.get("pid") != me()["pid"]:
+            tqdm.write(f"the report is being written by process {claim['pid']} on {claim['host']}; nothing to do here")
+            return None
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        done = sum(t.state in DONE for t in trials)
+        if not explicit:
+            if running:
+                tqdm.write(f"trial(s) {running} still run on other workers: the last worker to finish writes the "
+                           f"report (or run `compress report` with the same recipe and --storage)")
+                return None
+            report = study.user_attrs.get("report")
+            if report and report.get("trials_done") == done:
+                where = "" if (recipe.out_path / "summary.json").is_file() else " (not on this machine)"
+                tqdm.write(f"the report for these {done} trials was written by process {report['by']['pid']} on "
+                           f"{report['by']['host']}{where}; `compress report` writes it (again) here")
+                return None
+        elif running:
+            tqdm.write(f"warning: trial(s) {running} are still running; the report covers the {done} done")
+        study.set_user_attr("finisher", {**me(), "beat": time.time()})
+    return FinisherClaim(study)
+

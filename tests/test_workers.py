@@ -1,0 +1,264 @@
+"""Many workers, one study: the real PostgreSQL server (tests/pg.py), SQLite and journal files, kill -9 faults.
+
+Each worker is a real ``compress search`` process, as a user starts them. The recipe is tiny_search with
+one epoch per stage and no baselines, so a trial takes seconds.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+FAST = ["--set", "search.baselines=false", "--set", "capacity.enabled=false", "--set", "distill.train.epochs=1",
+        "--set", "latency.max_seconds=0.2"]
+
+
+def _cmd(out: Path, storage: str, n_trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "compress", "search", "recipes/tiny_search.yaml", "--storage", storage,
+            "--n-trials", str(n_trials), "--train-threads", "1", "--set", f"output_dir={out}", *FAST, *extra]
+
+
+def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(storage[len("journal:"):]))
+    return optuna.load_study(study_name="tiny_search", storage=storage).trials
+
+
+def _check_study(storage: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly ``n_trials`` done, nothing left running or waiting, each covering point run once (retries
+    aside), and no two first runs with the same parameters."""
+    trials = _trials(storage)
+    states = Counter(t.state for t in trials)
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == n_trials, states
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0, states
+    first = [t for t in trials if "retry_of" not in t.user_attrs and t.state != TrialState.FAIL]
+    covering = [t.user_attrs["covering_index"] for t in first if "covering_index" in t.user_attrs]
+    assert len(covering) == len(set(covering)), covering
+    params = [json.dumps(t.params, sort_keys=True) for t in first]
+    assert len(params) == len(set(params)), params
+    return trials
+
+
+def _reports(*outs: Path) -> list[Path]:
+    return [o / "tiny_search" for o in outs if (o / "tiny_search" / "summary.json").is_file()]
+
+
+def test_two_workers_on_postgres_share_one_budget_one_report_and_no_password(pg_url, postgres, tmp_path):
+    """Two machines in effect: separate results folders, one artifact store. 2 workers x 2 trials -> exactly
+    4 trials, one report and bundle (on whichever worker finished last, from models the other one trained),
+    the password in no file the run wrote, and optuna-dashboard serving the study with its constraints."""
+    store = tmp_path / "store"
+    outs = [tmp_path / "a", tmp_path / "b"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_start(_cmd(o, pg_url, 4, "--artifacts", str(store)), log) for o, log in zip(outs, logs)]
+    for p, log in zip(procs, logs):
+        assert p.wait(timeout=600) == 0, log.read_text()[-3000:]
+    trials = _check_study(pg_url, 4)
+    reports = _reports(*outs)
+    assert len(reports) == 1, [log.read_text()[-1500:] for log in logs]
+    summary = json.loads((reports[0] / "summary.json").read_text())
+    assert summary["n_trials_complete"] + summary["n_trials_pruned"] == 4
+    assert (reports[0] / "artifact" / "manifest.json").is_file()
+    assert {t.user_attrs["worker"]["pid"] for t in trials} == {p.pid for p in procs}  # both took part
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all("model_artifact" in t.user_attrs and len(t.system_attrs["constraints"]) == 3 for t in complete)
+    assert "***" in summary["storage"] and postgres.password not in summary["storage"]
+    # No file the run wrote holds the password: results, artifact store, logs.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert postgres.password.encode() not in path.read_bytes(), path
+    _dashboard_serves(pg_url, postgres.password, store)
+
+
+def _dashboard_serves(url: str, password: str, store: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["make", "-s", "-o", "setup", "dashboard", f"DB={url}", f"PORT={port}", f"ARTIFACTS={store}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, studies = time.time() + 60, None
+        while time.time() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer within 60 s"
+        main = next(s for s in studies["study_summaries"] if s["study_name"] == "tiny_search")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{main['study_id']}", timeout=10) as r:
+            detail = json.loads(r.read())
+        done = [t for t in detail["trials"] if t["state"] == "Complete"]
+        assert done and all(len(t["constraints"]) == 3 for t in done)  # feasibility, as the report sees it
+        assert all(any(a["filename"] == "model.onnx" for a in t["artifacts"]) for t in done)  # downloadable models
+        assert {"pareto.png", "summary.json"} <= {a["filename"] for a in detail.get("artifacts", [])}
+        assert detail["objective_names"] == ["val_accuracy", "latency_p95_ms"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=10)[0].decode()
+    assert password not in out and "***" in out
+
+
+def _wait_for(predicate, timeout: float = 300.0, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_9_mid_training_reruns_its_parameters_and_loses_nothing(pg_url, tmp_path):
+    """kill -9 during the third trial, then the same command at once: the killed trial is failed (its process
+    is gone), its parameters are run again first, and the study ends with 3 trials done and one report."""
+    cmd = _cmd(tmp_path, pg_url, 3)
+    proc = _start(cmd, tmp_path / "1.log")
+
+    def third_running() -> bool:
+        try:
+            return any(t.number == 2 and t.state == TrialState.RUNNING and "worker" in t.user_attrs
+                       for t in _trials(pg_url))
+        except Exception:  # the study does not exist yet
+            return False
+
+    _wait_for(third_running, what="the third trial")
+    time.sleep(1.0)  # inside its training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = {t.number: t.values for t in _trials(pg_url) if t.state == TrialState.COMPLETE}
+    rerun = _start(cmd, tmp_path / "2.log")
+    assert rerun.wait(timeout=600) == 0, (tmp_path / "2.log").read_text()[-3000:]
+    trials = _check_study(pg_url, 3)
+    killed = trials[2]
+    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 2]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
+    assert {t.number: t.values for t in trials if t.number in done_before} == done_before  # nothing lost or redone
+    assert len(_reports(tmp_path)) == 1
+
+
+def test_kill_9_of_the_finisher_mid_bundle_leaves_nothing_complete(tmp_path):
+    """The finisher dies while writing the bundle: no summary.json, no artifact/ that looks complete; the next
+    `compress report` writes both from the study."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    proc = subprocess.run(_cmd(tmp_path, storage, 2), capture_output=True, text=True,
+                          env={**os.environ, "COMPRESS_KILL_AT": "bundle"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "tiny_search"
+    assert not (out / "summary.json").exists()
+    assert not (out / "artifact" / "manifest.json").exists()
+    report = subprocess.run([sys.executable, "-m", "compress", "report", "recipes/tiny_search.yaml", "--storage",
+                             storage, "--set", f"output_dir={tmp_path}", *FAST], capture_output=True, text=True)
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    assert (out / "summary.json").is_file() and (out / "artifact" / "manifest.json").is_file()
+    from compress.handoff import verify
+
+    assert verify(out / "artifact", latency_seconds=0.2) == []
+    _check_study(storage, 2)
+
+
+def test_database_restart_during_a_search(pg_url, postgres, tmp_path):
+    """The server goes down for a few seconds mid-search: the worker waits for it and goes on."""
+    cmd = _cmd(tmp_path, pg_url, 3)
+    proc = _start(cmd, tmp_path / "w.log")
+
+    def training() -> bool:
+        try:
+            return any(t.number == 1 and t.state == TrialState.RUNNING for t in _trials(pg_url))
+        except Exception:
+            return False
+
+    _wait_for(training, what="the second trial")
+    postgres.restart(down_s=4.0)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    _check_study(pg_url, 3)
+    assert len(_reports(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_several_processes_on_one_machine_without_a_server(kind, tmp_path):
+    """Two workers on a journal file (Optuna's JournalStorage) or on one SQLite file: one budget, one report."""
+    storage = f"journal:{tmp_path}/study.journal" if kind == "journal" else f"sqlite:///{tmp_path}/study.db"
+    procs = [_start(_cmd(tmp_path, storage, 4), tmp_path / f"{i}.log") for i in range(2)]
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=600) == 0, (tmp_path / f"{i}.log").read_text()[-3000:]
+    _check_study(storage, 4)
+    logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
+    assert sum("servable bundle:" in log for log in logs) == 1, logs  # exactly one wrote the report
+    assert len(_reports(tmp_path)) == 1
+
+
+def test_corrupt_sqlite_file_is_named_and_left_untouched(tmp_path):
+    db = tmp_path / "study.db"
+    db.write_bytes(b"this is not a database" * 100)
+    before = db.read_bytes()
+    proc = subprocess.run(_cmd(tmp_path, f"sqlite:///{db}", 1), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert str(db) in proc.stderr and "not a SQLite database" in proc.stderr and "left untouched" in proc.stderr
+    assert db.read_bytes() == before
+
+
+def test_locked_sqlite_file_is_named(tmp_path):
+    db = tmp_path / "study.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.execute("BEGIN EXCLUSIVE")  # another process holding the file
+    try:
+        proc = subprocess.run(_cmd(tmp_path, f"sqlite:///{db}", 1), capture_output=True, text=True,
+                              env={**os.environ, "COMPRESS_SQLITE_BUSY_S": "1"})
+    finally:
+        con.rollback()
+        con.close()
+    assert proc.returncode == 2
+    assert str(db) in proc.stderr and "locked by another process" in proc.stderr
+
+
+def test_storage_urls_are_masked():
+    from compress.storage import mask
+
+    assert mask("postgresql+psycopg2://bob:s3cret@db:5432/compress") == "postgresql+psycopg2://bob:***@db:5432/compress"
+    assert mask("postgresql+psycopg2://bob@db/compress") == "postgresql+psycopg2://bob@db/compress"
+    assert mask("sqlite:///results/x/study.db") == "sqlite:///results/x/study.db"
+    assert mask("journal:/tmp/x.journal") == "journal:/tmp/x.journal"
+
+
+def test_busy_seconds_is_the_union_of_trial_intervals():
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from compress.workers import busy_seconds
+
+    def t(a, b):
+        at = lambda s: datetime.fromtimestamp(1000 + s, tz=timezone.utc)  # noqa: E731
+        return SimpleNamespace(datetime_start=at(a), datetime_complete=at(b))
+
+    # Two workers overlapping (0-10, 5-15) and a later run after a pause (100-110): 15 + 10 s, not 110.
+    assert busy_seconds([t(0, 10), t(5, 15), t(100, 110)]) == pytest.approx(25.0)
+
+
+def test_wrong_password_is_refused_at_once_without_printing_it(postgres, tmp_path):
+    url = postgres.url.replace(postgres.password, "not-the-password-123")
+    t0 = time.time()
+    proc = subprocess.run(_cmd(tmp_path, url, 1), capture_output=True, text=True)
+    assert proc.returncode == 2 and time.time() - t0 < 60  # no retrying for two minutes
+    assert "PGPASSWORD" in proc.stderr and "~/.pgpass" in proc.stderr
+    assert "not-the-password-123" not in proc.stdout + proc.stderr
