@@ -85,18 +85,22 @@ def constraint_values(val_accuracy: float, p95_ms: float, throughput_sps: float,
             float(cores_over)]
 
 
-def sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
+def sampler(recipe: Recipe, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The recipe's sampler, seeded with ``recipe.seed + offset``: workers seed it by the number of the trial
+    they are about to create, so two workers never draw the same random sequence (identical trials) and one
+    worker's study is the same as it always was."""
     s = recipe.search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=recipe.seed, population_size=max(4, min(50, s.n_trials // 2)))
+            return optuna.samplers.NSGAIISampler(seed=recipe.seed + offset,
+                                                 population_size=max(4, min(50, s.n_trials // 2)))
         # Both samplers find the constraints on the trials (see Objective). group=True: multivariate TPE
         # over a conditional space (see ``suggest``) models each subspace on its own.
         # constant_liar: workers sharing the study see each other's running trials as bad, not as absent, so
         # two of them do not sample the same region at once.
-        return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=s.startup_trials, multivariate=True,
-                                          group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=recipe.seed + offset, n_startup_trials=s.startup_trials,
+                                          multivariate=True, group=True, constant_liar=True)
 
 
 def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:

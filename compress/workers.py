@@ -223,6 +223,7 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
                 tqdm.write(f"no new trial from this worker: {spent}")
                 break
             retrying(_queue_covering, study)
+            study.sampler = sampler(recipe, offset=len(study.get_trials(deepcopy=False)))  # see search.sampler
             try:
                 study.optimize(objective, n_trials=1, catch=(ParityError,), callbacks=[progress])
             except Exception as err:

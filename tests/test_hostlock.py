@@ -36,3 +36,44 @@ def test_measuring_in_this_process_does_not_block_its_own_batches(tmp_path, monk
     with hostlock.measuring():
         with hostlock.measuring():  # compare() inside measure(): re-entrant
             hostlock.pause_point()  # would deadlock on its own lock if it waited
+
+
+NEIGHBOUR_BATCH = """
+import sys, time
+from pathlib import Path
+from compress.hostlock import batch
+with batch():
+    print("in batch", flush=True)
+    time.sleep(1.0)
+    Path(sys.argv[1]).write_text("batch done")  # written before the batch ends
+"""
+
+
+def test_a_measurement_waits_for_a_neighbours_running_batch(tmp_path, monkeypatch):
+    """A neighbour's batch that started before the measurement ends before the timing begins."""
+    import os
+
+    monkeypatch.setenv("COMPRESS_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setattr(hostlock, "_fds", {})
+    flag = tmp_path / "flag"
+    child = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_BATCH, str(flag)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "COMPRESS_LOCK_DIR": str(tmp_path / "locks")})
+    assert child.stdout.readline().strip() == "in batch"
+    with hostlock.measuring():
+        assert flag.read_text() == "batch done"
+    child.wait(timeout=30)
+
+
+def test_own_suspended_batch_does_not_block_own_measurement(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setattr(hostlock, "_fds", {})
+
+    def gen():
+        with hostlock.batch():
+            yield 1
+
+    g = gen()
+    next(g)  # suspended inside its batch, as a half-consumed batches() generator would be
+    with hostlock.measuring():
+        pass
+    g.close()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from compress.errors import DatasetError
-from compress.hostlock import pause_point
+from compress.hostlock import batch
 from compress.recipe import DataConfig
 from compress.spec import InputSpec
 
@@ -302,10 +302,10 @@ def batches(split: Split, batch_size: int, gen: torch.Generator | None = None):
         loader = torch.utils.data.DataLoader(_BatchReader(split.raw, order, batch_size), batch_size=None,
                                              num_workers=workers, prefetch_factor=2 if workers else None)
         for idx, raw in loader:
-            pause_point()
-            yield idx, split.normalize(raw), split.labels[idx]
+            with batch():  # a neighbour's measurement waits for it, and it waits for the measurement
+                yield idx, split.normalize(raw), split.labels[idx]
         return
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        pause_point()  # while another process on this host times a model, wait (compress.hostlock)
-        yield idx, split.inputs(idx), split.labels[idx]
+        with batch():  # while another process on this host times a model, wait (compress.hostlock)
+            yield idx, split.inputs(idx), split.labels[idx]
