@@ -161,6 +161,26 @@ def _prune_and_adapt(model: nn.Module, cfg: PruneConfig, spec: InputSpec, data: 
     return adapt_batchnorm(model, (x for _, x, _ in batches(data.train, 256)))
 
 
+def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path) -> LatencyStats:
+    """The candidate's latency before any training: its architecture built, pruned (per-layer ratios give
+    the trained model's channel counts; a teacher copy is pruned exactly as its trial will prune it),
+    exported and, with int8 on, quantized with a small calibration set, then timed like the final model.
+    Dense kernels take as long whatever the weights are, so this is the trained model's latency."""
+    from compress.latency import measure
+
+    torch.manual_seed(recipe.seed)
+    p, q = recipe.prune, recipe.quantize
+    student = build_student(recipe, teacher, data.spec, data)
+    if removes_channels(recipe) if from_teacher(recipe) else p.enabled:
+        student = prune_(student, p, data.spec.batch_shape(1))  # structure only: no BatchNorm re-estimation
+    path = export_onnx(student, work / "probe_fp32.onnx", recipe.export.opset, data.spec.shape)
+    if q.enabled:
+        calib, _ = calibration_inputs(data.train, min(q.calibration_size, 64), recipe.seed)
+        path = quantize_int8(path, work / "probe_int8.onnx", calib, q)
+    t = recipe.target
+    return measure(path, recipe.latency, t.batch_size, t.threads, t.device)
+
+
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
                      on_epoch: Callable[[int, float], None] | None = None) -> list[Stage]:
     """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made.

@@ -229,6 +229,10 @@ class SearchConfig(_Section):
     # s3://bucket or gs://bucket.
     artifacts: str | None = None
     keep_dominated_models: bool = False  # dominated trials' ONNX files are deleted to save disk
+    # Latency first: each candidate is timed untrained (built, pruned, exported, quantized) before training.
+    # One whose p95 misses slo.p95_ms beyond its 95% confidence interval is recorded with that latency as
+    # infeasible and not trained (seconds, not minutes). false: train it anyway (the slow end of the front).
+    skip_slow: bool = True
     baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
     baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
     baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16=True)

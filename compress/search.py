@@ -31,7 +31,8 @@ from compress.io import sha256_file
 from compress.latency import measure
 from compress.models import takes_argument
 from compress.teacher import model_size
-from compress.pipeline import build_student, compress_student, from_teacher, model_metrics, removes_channels, trains
+from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
+                               removes_channels, trains)
 from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, RecipeError, range_is_int, space_leaf, space_spec,
                              with_values)
 
@@ -230,6 +231,20 @@ class Objective:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         paused0 = hostlock.paused_s
+        slo = r.slo.p95_ms
+        if r.search.skip_slow and slo is not None:  # latency first: is it worth training?
+            probe = probe_latency(r, self.data, self.teacher, work)
+            lo = probe.p95_ci95_ms[0]
+            trial.set_user_attr("probe", {"latency_p50_ms": probe.p50_ms, "latency_p95_ms": probe.p95_ms,
+                                          "p95_ci95_ms": list(probe.p95_ci95_ms)})
+            if lo > slo:
+                shutil.rmtree(work, ignore_errors=True)
+                trial.set_user_attr("untrained", f"p95 {probe.p95_ms:.3f} ms untrained (95% CI from {lo:.3f}) misses "
+                                                 f"the service level's {slo} ms: not trained (search.skip_slow)")
+                # Infeasible on latency by its measured margin; accuracy unknown, so infeasible on that too.
+                trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [probe.p95_ms - slo, 1.0, -1.0])
+                trial.set_user_attr("constraint_names", list(CONSTRAINTS))
+                return 0.0, probe.p95_ms
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
         curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}")
         with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats

@@ -66,7 +66,9 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "feasible": t.state == TrialState.COMPLETE and max(constraint) <= 0,
             "pareto": False,
             "artifact_path": str(out / t.user_attrs["artifact_path"]) if "artifact_path" in t.user_attrs else None,
-            "latency_measured": "trial" if m else None}
+            "latency_measured": "trial" if m else "untrained" if "untrained" in t.user_attrs else None,
+            "untrained": t.user_attrs.get("untrained"),
+            "probe_latency_p95_ms": t.user_attrs.get("probe", {}).get("latency_p95_ms")}
 
 
 def _with_latency(rec: dict, alone, interleaved) -> dict:
@@ -105,8 +107,14 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) 
     write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
     store = artifact_store(recipe, study)
     trials = [_trial_record(t, out) for t in study.trials]
-    complete = [r for r in trials if r["state"] == "COMPLETE"]
+    complete = [r for r in trials if r["state"] == "COMPLETE" and not r["untrained"]]
     if not complete:
+        slow = sum(bool(r["untrained"]) for r in trials)
+        if slow:
+            raise RecipeError(
+                f"study {recipe.name!r}: all {slow} candidate(s) missed the service level's p95 ({recipe.slo.p95_ms} ms) "
+                "before training, so none was trained. Widen search.space toward smaller models (more pruning, "
+                "int8, narrower students), relax slo.p95_ms, or set search.skip_slow: false to train them anyway.")
         raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
     for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
         complete[i]["pareto"] = True
@@ -221,6 +229,7 @@ def _choose(front: list[dict]) -> dict:
 
 def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -> dict:
     states = [t.state for t in study.trials]
+    untrained = sum(t.state == TrialState.COMPLETE and "untrained" in t.user_attrs for t in study.trials)
     p50s = [r["latency_p50_ms"] for r in front]
     slo_met = bool(chosen["feasible"])
     summary = {
@@ -235,7 +244,8 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
                            if chosen["constraint"][1] <= 0 else
                            "no trial meets the service level nor the accuracy bound: most accurate trial"),
         "chosen_params": chosen["params_"],
-        "n_trials_complete": states.count(TrialState.COMPLETE),
+        "n_trials_complete": states.count(TrialState.COMPLETE) - untrained,
+        "n_trials_untrained_too_slow": untrained,  # timed before training, missed the p95 bound, not trained
         "n_trials_pruned": states.count(TrialState.PRUNED),
         "n_trials_failed": states.count(TrialState.FAIL),
         "pareto_size": len(front),
@@ -322,7 +332,9 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
 def print_study_summary(summary: dict) -> None:
     print()
     print(summary_table(summary))
-    print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned; "
+    slow = summary.get("n_trials_untrained_too_slow")
+    print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned"
+          + (f", {slow} too slow to train (timed untrained)" if slow else "") + "; "
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
     for k, b in summary["baselines"].items():
         verdict = (f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front")

@@ -178,7 +178,9 @@ class Progress:
         running = sum(t.state == TrialState.RUNNING for t in trials)
         per_trial = busy_seconds(trials) / max(len(done), 1)  # the study's rate: all workers together
         eta = per_trial * max(self.target - len(done), 0)
-        if trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE and "untrained" in trial.user_attrs:
+            what = f"p95 {trial.values[1]:.3f} ms untrained: too slow for the service level, not trained"
+        elif trial.state == TrialState.COMPLETE:
             m = trial.user_attrs["metrics"]
             what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
                 "" if max(constraints(trial)) <= 0 else " (infeasible)")

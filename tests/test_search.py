@@ -267,3 +267,46 @@ def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeyp
     assert "teacher_pruned50" in summary["baselines"]  # the others are still built and judged
     assert set(summary["baselines"]) | set(summary["baselines_failed"]) == {"teacher_pruned50", "student_no_kd", "teacher_int8"}
     assert (tmp_path / "tiny_search" / "summary.json").is_file() and (tmp_path / "tiny_search" / "artifact").is_dir()
+
+
+def test_a_candidate_too_slow_untrained_is_timed_and_not_trained(tmp_path, monkeypatch):
+    """Latency first: with a service level nothing can meet, every candidate is timed untrained, recorded
+    as infeasible with its p95, and never trained; the report says what to change."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("a candidate that misses the service level untrained was trained")
+
+    monkeypatch.setattr(search_mod, "compress_student", no_training)
+    recipe = load_recipe("recipes/tiny_search.yaml", [
+        f"output_dir={tmp_path}", "search.n_trials=3", "search.baselines=false", "search.skip_slow=true",
+        "slo.p95_ms=0.000001", "capacity.enabled=false", "latency.max_seconds=0.1"])
+    with pytest.raises(RecipeError, match="missed the service level's p95 .* before training"):
+        run_study(recipe)
+    trials = _trials(recipe)
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert "untrained" in t.user_attrs and "metrics" not in t.user_attrs
+        assert t.values[1] == t.user_attrs["probe"]["latency_p95_ms"] > 0
+        assert t.system_attrs["constraints"][0] > 0  # infeasible by its measured margin
+    assert not (recipe.out_path / "summary.json").exists()
+
+
+def test_probe_latency_builds_the_trained_architecture(tiny_data, tmp_path):
+    """The untrained probe of a pruned teacher copy has the channel counts the trial's model will have."""
+    import onnx
+    import torch
+
+    from compress.pipeline import build_student, probe_latency
+    from compress.recipe import load_recipe as load
+    from compress.teacher import load_teacher
+    from compress.techniques.prune import prune_
+
+    recipe = load("recipes/tiny_search.yaml", ["student.model=teacher", "prune.enabled=true", "prune.ratio=0.5",
+                                                "latency.max_seconds=0.1"])
+    teacher, _ = load_teacher(recipe.teacher, tiny_data.spec)
+    stats = probe_latency(recipe, tiny_data, teacher, tmp_path)
+    assert stats.p95_ms > 0
+    pruned = prune_(build_student(recipe, teacher, tiny_data.spec, tiny_data), recipe.prune, tiny_data.spec.batch_shape(1))
+    probe = onnx.load(str(tmp_path / "probe_fp32.onnx"))
+    probe_convs = sorted(tuple(i.dims) for i in probe.graph.initializer if len(i.dims) == 4)
+    convs = sorted(tuple(m.weight.shape) for m in pruned.modules() if isinstance(m, torch.nn.Conv2d))
+    assert probe_convs == convs and len(convs) > 3
