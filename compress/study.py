@@ -36,12 +36,11 @@ from compress.teacher import model_size
 from compress.techniques.quantize import FORMAT_NAMES
 
 
-def _fetch_model(rec: dict, study: optuna.Study, store) -> bool:
+def _fetch_model(rec: dict, artifact: str | None, store) -> bool:
     """Make the trial's model file local, from the artifact store when this machine did not train it (or its
     copy differs from the one measured); False when it is nowhere."""
     path = Path(rec["artifact_path"]) if rec["artifact_path"] else None
-    t = study.get_trials(deepcopy=False)[rec["trial"]]
-    want, artifact = t.user_attrs.get("metrics", {}).get("model_sha256"), t.user_attrs.get("model_artifact")
+    want = rec.get("model_sha256")  # recorded when the trial measured it
     if path is not None and path.is_file() and (want is None or sha256_file(path) == want):
         return True
     if path is None or artifact is None:
@@ -106,7 +105,8 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) 
     (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
     write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
     store = artifact_store(recipe, study)
-    trials = [_trial_record(t, out) for t in study.trials]
+    frozen = study.get_trials(deepcopy=False)
+    trials = [_trial_record(t, out) for t in frozen]
     complete = [r for r in trials if r["state"] == "COMPLETE" and not r["untrained"]]
     if not complete:
         slow = sum(bool(r["untrained"]) for r in trials)
@@ -119,7 +119,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) 
     for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
         complete[i]["pareto"] = True
     front = [r for r in complete if r["pareto"]]
-    missing = [r for r in front if not _fetch_model(r, study, store)]
+    missing = [r for r in front if not _fetch_model(r, frozen[r["trial"]].user_attrs.get("model_artifact"), store)]
     if missing:
         raise RecipeError(
             f"study {recipe.name!r}: the model files of Pareto trial(s) {[r['trial'] for r in missing]} are neither "
@@ -280,7 +280,7 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
     clean = [{k: v for k, v in r.items() if k != "params_"} | {"params": r["params_"]} for r in front]
     write_json_atomic(out / "pareto.json", {"objectives": ["max val_accuracy", "min latency_p95_ms"], "front": clean,
                                             "teacher": teacher_rec, "baselines": refs})
-    complete = [r for r in trials if r["state"] == "COMPLETE"]
+    complete = [r for r in trials if r["state"] == "COMPLETE" and not r["untrained"]]  # untrained: no accuracy
     title = (f"{recipe.name}: {len(complete)} trials, front of {len(front)}; batch {recipe.target.batch_size}, "
              f"{recipe.target.threads} thread(s), {recipe.target.device}")
     all_refs = {"teacher": teacher_rec, **refs}

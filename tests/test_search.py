@@ -1,10 +1,4 @@
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 
 import optuna
 import pytest
@@ -116,33 +110,14 @@ def test_resuming_with_a_different_recipe_is_refused(tiny_study):
         open_study(changed)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_dashboard_serves_the_study(tiny_study):
+    from dashboard import running_dashboard
+
     recipe, _ = tiny_study
-    port = _free_port()
-    proc = subprocess.Popen(["make", "-s", "dashboard", f"DB={recipe.out_path / 'study.db'}", f"PORT={port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline, page = time.time() + 60, None
-        while time.time() < deadline and page is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=2) as r:
-                    page = r.read().decode()
-            except OSError:
-                time.sleep(0.5)
-        assert page is not None, "optuna-dashboard did not answer within 60 s"
-        assert "<html" in page.lower()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-            studies = json.loads(r.read())
+    with running_dashboard("dashboard", f"DB={recipe.out_path / 'study.db'}") as board:
+        assert "<html" in board.get("/dashboard").decode().lower()
+        studies = board.json("/api/studies")
         assert any(s["study_name"] == recipe.name for s in studies["study_summaries"])
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
 
 
 def test_missing_front_model_is_a_clear_error(tiny_study, tmp_path):
@@ -310,3 +285,26 @@ def test_probe_latency_builds_the_trained_architecture(tiny_data, tmp_path):
     probe_convs = sorted(tuple(i.dims) for i in probe.graph.initializer if len(i.dims) == 4)
     convs = sorted(tuple(m.weight.shape) for m in pruned.modules() if isinstance(m, torch.nn.Conv2d))
     assert probe_convs == convs and len(convs) > 3
+
+
+def test_a_study_with_some_candidates_too_slow_untrained_reports_the_others(tmp_path, monkeypatch):
+    """One candidate's untrained probe misses the service level: it is counted, left out of the front and the
+    plots, and the report is written from the trained ones."""
+    import dataclasses
+
+    real = search_mod.probe_latency
+    calls = {"n": 0}
+
+    def first_too_slow(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        calls["n"] += 1
+        return dataclasses.replace(stats, p95_ms=50.0, p95_ci95_ms=(40.0, 60.0)) if calls["n"] == 1 else stats
+
+    monkeypatch.setattr(search_mod, "probe_latency", first_too_slow)
+    recipe = load_recipe("recipes/tiny_search.yaml", [
+        f"output_dir={tmp_path}", "search.n_trials=3", "search.baselines=false", "search.skip_slow=true",
+        "slo.p95_ms=10", "capacity.enabled=false", "latency.max_seconds=0.1", "distill.train.epochs=1"])
+    summary = run_study(recipe)
+    assert summary["n_trials_untrained_too_slow"] == 1 and summary["n_trials_complete"] == 2
+    assert 0 not in {r["trial"] for r in json.loads((recipe.out_path / "pareto.json").read_text())["front"]}
+    assert (recipe.out_path / "pareto.png").is_file()
