@@ -17,14 +17,11 @@ import dataclasses
 import math
 import random
 import shutil
-import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.io import sha256_file
@@ -33,7 +30,7 @@ from compress.models import takes_argument
 from compress.teacher import model_size
 from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
                                removes_channels, trains)
-from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, RecipeError, range_is_int, space_leaf, space_spec,
+from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, range_is_int, space_leaf, space_spec,
                              with_values)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -242,8 +239,7 @@ class Objective:
                 trial.set_user_attr("untrained", f"p95 {probe.p95_ms:.3f} ms untrained (95% CI from {lo:.3f}) misses "
                                                  f"the service level's {slo} ms: not trained (search.skip_slow)")
                 # Infeasible on latency by its measured margin; accuracy unknown, so infeasible on that too.
-                trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [probe.p95_ms - slo, 1.0, -1.0])
-                trial.set_user_attr("constraint_names", list(CONSTRAINTS))
+                _set_constraints(trial, [probe.p95_ms - slo, 1.0, -1.0])
                 return 0.0, probe.p95_ms
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
         curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}")
@@ -293,9 +289,12 @@ class Objective:
 
             trial.set_user_attr("model_artifact", upload_artifact(artifact_store=self.store, file_path=str(model),
                                                                   study_or_trial=trial))
-        # The list form under "constraints" is what Optuna's samplers and optuna-dashboard both read (the
-        # dashboard does not read Trial.set_constraint's named keys); the names are CONSTRAINTS, in order.
-        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", constraint_values(
-            val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r))
-        trial.set_user_attr("constraint_names", list(CONSTRAINTS))
+        _set_constraints(trial, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r))
         return val, lat.p95_ms
+
+
+def _set_constraints(trial: optuna.Trial, values: list[float]) -> None:
+    # The list form under "constraints" is what Optuna's samplers and optuna-dashboard both read (the
+    # dashboard does not read Trial.set_constraint's named keys); the names are CONSTRAINTS, in order.
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", values)
+    trial.set_user_attr("constraint_names", list(CONSTRAINTS))

@@ -118,34 +118,31 @@ def open_storage(url: str, retry_s: float = CONNECT_RETRY_S) -> optuna.storages.
         path.parent.mkdir(parents=True, exist_ok=True)
         _check_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}
-    deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            # Under the lock: two workers creating the tables of a new database at once collide.
-            with warnings.catch_warnings(), StudyLock(url, "(schema)"):
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # No stale-trial callback: compress re-queues failed trials itself, under the study lock, once.
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                                  grace_period=GRACE_S)
-        except ModuleNotFoundError as err:
-            raise StorageError(f"storage {mask(url)}: its database driver is not installed ({err}); "
-                               "pip install psycopg2-binary for PostgreSQL") from None
-        except Exception as err:  # sqlalchemy.exc.OperationalError and friends
-            if kind(url) == "sqlite":
-                raise StorageError(f"storage {path}: {err}. The file was left untouched.") from None
-            if _is_auth_error(err):
-                raise StorageError(
-                    f"storage {mask(url)}: the server refused the login ({str(err).strip().splitlines()[0]}). "
-                    "Give the password the way libpq reads it: PGPASSWORD=... or a line in ~/.pgpass "
-                    "(host:port:database:user:password, chmod 600), not in the URL.") from None
-            if time.monotonic() > deadline:
-                raise StorageError(
-                    f"storage {mask(url)}: the database server did not answer for {retry_s:.0f} s "
-                    f"({str(err).strip().splitlines()[0]}). Start it (or check host, port and firewall) and run the "
-                    "same command again: the study resumes where it stopped.") from None
-            print(f"storage {mask(url)} unreachable ({str(err).strip().splitlines()[0][:120]}); retrying",
-                  file=sys.stderr, flush=True)
-            time.sleep(3.0)
+
+    def connect() -> optuna.storages.RDBStorage:
+        # Under the lock: two workers creating the tables of a new database at once collide.
+        with warnings.catch_warnings(), StudyLock(url, "(schema)"):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # No stale-trial callback: compress re-queues failed trials itself, under the study lock, once.
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S)
+
+    try:  # a server that is down (restarting) is waited for; anything else is named at once
+        return retrying(connect, retry_s=retry_s, what=f"storage {mask(url)}")
+    except StorageError:
+        raise
+    except ModuleNotFoundError as err:
+        raise StorageError(f"storage {mask(url)}: its database driver is not installed ({err}); "
+                           "pip install psycopg2-binary for PostgreSQL") from None
+    except Exception as err:  # sqlalchemy.exc.OperationalError and friends
+        if kind(url) == "sqlite":
+            raise StorageError(f"storage {path}: {err}. The file was left untouched.") from None
+        if _is_auth_error(err):
+            raise StorageError(
+                f"storage {mask(url)}: the server refused the login ({_first_line(err)}). "
+                "Give the password the way libpq reads it: PGPASSWORD=... or a line in ~/.pgpass "
+                "(host:port:database:user:password, chmod 600), not in the URL.") from None
+        raise StorageError(f"storage {mask(url)}: {_first_line(err)}") from None
 
 
 def retrying(fn, *args, retry_s: float = CONNECT_RETRY_S, what: str = "the study's database", **kwargs):
@@ -157,8 +154,9 @@ def retrying(fn, *args, retry_s: float = CONNECT_RETRY_S, what: str = "the study
         except Exception as err:
             if not is_connection_error(err) or time.monotonic() > deadline:
                 if is_connection_error(err):
-                    raise StorageError(f"{what} did not answer for {retry_s:.0f} s ({_first_line(err)}); run the same "
-                                       "command again once it is up: completed trials are kept.") from None
+                    raise StorageError(f"{what} did not answer for {retry_s:.0f} s ({_first_line(err)}). Start it (or "
+                                       "check host, port and firewall) and run the same command again: completed "
+                                       "trials are kept.") from None
                 raise
             print(f"{what} unreachable ({_first_line(err)[:120]}); retrying", file=sys.stderr, flush=True)
             time.sleep(3.0)

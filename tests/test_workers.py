@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -87,34 +86,17 @@ def test_two_workers_on_postgres_share_one_budget_one_report_and_no_password(pg_
 
 
 def _dashboard_serves(url: str, password: str, store: Path) -> None:
-    import socket
+    from dashboard import running_dashboard
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["make", "-s", "-o", "setup", "dashboard", f"DB={url}", f"PORT={port}", f"ARTIFACTS={store}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline, studies = time.time() + 60, None
-        while time.time() < deadline and studies is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
-                    studies = json.loads(r.read())
-            except OSError:
-                time.sleep(0.5)
-        assert studies is not None, "optuna-dashboard did not answer within 60 s"
-        main = next(s for s in studies["study_summaries"] if s["study_name"] == "tiny_search")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{main['study_id']}", timeout=10) as r:
-            detail = json.loads(r.read())
+    with running_dashboard("-o", "setup", "dashboard", f"DB={url}", f"ARTIFACTS={store}") as board:
+        main = next(s for s in board.json("/api/studies")["study_summaries"] if s["study_name"] == "tiny_search")
+        detail = board.json(f"/api/studies/{main['study_id']}")
         done = [t for t in detail["trials"] if t["state"] == "Complete"]
         assert done and all(len(t["constraints"]) == 3 for t in done)  # feasibility, as the report sees it
         assert all(any(a["filename"] == "model.onnx" for a in t["artifacts"]) for t in done)  # downloadable models
         assert {"pareto.png", "summary.json"} <= {a["filename"] for a in detail.get("artifacts", [])}
         assert detail["objective_names"] == ["val_accuracy", "latency_p95_ms"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out = proc.communicate(timeout=10)[0].decode()
-    assert password not in out and "***" in out
+    assert password not in board.output and "***" in board.output
 
 
 def _wait_for(predicate, timeout: float = 300.0, what: str = "") -> None:
