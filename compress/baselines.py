@@ -1,7 +1,7 @@
 """What a user would otherwise do, measured in the same run so the front is judged against it.
 
 (a) the teacher quantized to int8 alone; (b) the teacher with a fraction of its channels pruned and
-fine-tuned; (c) the chosen student architecture trained on hard labels, without distillation.
+fine-tuned on hard labels; (c) the chosen student architecture trained on hard labels, without distillation.
 Each is built once per study and kept under ``results/<study>/baselines/<name>/`` so a resumed study
 does not rebuild it.
 """
@@ -52,10 +52,11 @@ def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict,
 
 
 def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
-    """The teacher with ``search.baseline_prune_ratio`` of its channels pruned, distilled for
-    ``search.baseline_finetune``; fp32, as a user who only prunes would ship it."""
+    """The teacher with ``search.baseline_prune_ratio`` of its channels pruned and fine-tuned on hard labels
+    for ``search.baseline_finetune``; fp32: what a user who only prunes would ship, without this tool (no
+    distillation, none of the study's settings)."""
     s = recipe.search
-    r = with_values(recipe, {"student.model": TEACHER_FAMILY, "distill.enabled": True, "prune.enabled": True,
+    r = with_values(recipe, {"student.model": TEACHER_FAMILY, "distill.enabled": False, "prune.enabled": True,
                              "prune.ratio": s.baseline_prune_ratio, "prune.finetune": s.baseline_finetune.model_dump(),
                              "quantize.enabled": False})
     return _built(f"teacher_pruned{int(round(100 * s.baseline_prune_ratio))}", r, data, teacher, tinfo, root)

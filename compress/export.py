@@ -87,9 +87,14 @@ def _onnx_batches(path: str | Path, split: Split, batch_size: int = 500):
         yield x, y, sess.run(None, {name: x.numpy()})[0]
 
 
+def onnx_correct(path: str | Path, split: Split) -> np.ndarray:
+    """Per-sample top-1 correctness of an ONNX model on ``split``, in order (for paired tests)."""
+    return np.concatenate([got.argmax(1) == y.numpy() for _, y, got in _onnx_batches(path, split)])
+
+
 def onnx_accuracy(path: str | Path, split: Split) -> float:
     """Top-1 accuracy of an ONNX model on ``split``."""
-    return sum(int((got.argmax(1) == y.numpy()).sum()) for _, y, got in _onnx_batches(path, split)) / len(split)
+    return float(onnx_correct(path, split).mean())
 
 
 def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool,

@@ -45,29 +45,21 @@ def pareto_indices(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
 
 
-def dominated_by(front: list[dict], acc: float, lat: float, lat_ci_hi: float | None = None,
-                 acc_key="test_accuracy", lat_key="latency_p95_ms") -> dict | None:
-    """The most accurate front member at least as accurate and at least as fast, or None.
-
-    "At least as fast" is measured: the member's p95 is at most ``lat_ci_hi``, the upper end of the 95%
-    confidence interval of the reference's p95 (default: the point estimate ``lat``). Two models whose p95s
-    cannot be told apart, e.g. the same architecture trained two ways, count as equally fast, so the
-    verdict rests on accuracy instead of on timing noise.
-    """
-    bound = lat if lat_ci_hi is None else max(lat, lat_ci_hi)
-    return max((f for f in front if f[acc_key] >= acc and f[lat_key] <= bound), key=lambda f: f[acc_key], default=None)
-
-
 # latency_measured: "final" for numbers from the closing measurement (the front: each model alone, with the
 # interleaved figures beside them), "trial" for the cheaper one taken when the trial ran.
-CSV_COLUMNS = ["trial", "state", "feasible", "pareto", "val_accuracy", "test_accuracy", "latency_p50_ms",
+CSV_COLUMNS = ["trial", "state", "feasible", "pareto", "val_accuracy", "test_accuracy", "test_accuracy_ci95_low",
+               "test_accuracy_ci95_high", "latency_p50_ms",
                "latency_p95_ms", "latency_p99_ms", "throughput_sps", "latency_measured", "params", "macs",
                "size_bytes", "int8"]
 
 
 def write_csv(path, rows: list[dict], param_keys: list[str]) -> None:
     """Trial records as CSV: the fixed CSV_COLUMNS, then one ``params.<key>`` column per searched key."""
-    write_csv_rows(path, [{**{k: r.get(k) for k in CSV_COLUMNS},
+    def ci(r: dict, i: int):
+        return r["test_accuracy_ci95"][i] if r.get("test_accuracy_ci95") else None
+
+    write_csv_rows(path, [{**{k: r.get(k) for k in CSV_COLUMNS}, "test_accuracy_ci95_low": ci(r, 0),
+                           "test_accuracy_ci95_high": ci(r, 1),
                            **{f"params.{k}": r.get("params_", {}).get(k) for k in param_keys}} for r in rows])
 
 

@@ -22,18 +22,19 @@ from tqdm.auto import tqdm
 from compress import baselines as bl
 from compress.capacity import capacity_markdown, plan_for
 from compress.errors import CompressError
-from compress.export import export_onnx, onnx_accuracy
+from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
 from compress.pipeline import machine_info, model_metrics, prepare, removes_channels, summarize, trains
 from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, with_values
-from compress.report import (dominated_by, pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
+from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
 from compress.search import constraint_values, constraints, storage_url
 from compress.storage import mask
 from compress.workers import artifact_store, claim_finisher, open_study, optimize
 from compress.teacher import model_size
 from compress.techniques.quantize import FORMAT_NAMES
+from compress.verdicts import accuracy_ci95, baseline_verdict, compare as paired_test, front_hypervolume
 
 
 def _fetch_model(rec: dict, artifact: str | None, store) -> bool:
@@ -70,6 +71,11 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "probe_latency_p95_ms": t.user_attrs.get("probe", {}).get("latency_p95_ms")}
 
 
+def _test_fields(correct) -> dict:
+    """Test accuracy with its Wilson 95% interval, from per-image correctness on the test split."""
+    return {"test_accuracy": float(correct.mean()), "test_accuracy_ci95": accuracy_ci95(int(correct.sum()), correct.size)}
+
+
 def _with_latency(rec: dict, alone, interleaved) -> dict:
     """Percentiles from the model measured alone (as a serving replica runs it); the interleaved statistics,
     which the speed-up ratios come from, under ``latency_interleaved``."""
@@ -87,8 +93,9 @@ def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset, data.spec.shape)  # never stale
     macs, params = model_size(teacher, data.spec)
+    teacher_correct = onnx_correct(teacher_onnx, data.test)  # per test image: the paired accuracy tests
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
-                   "test_accuracy": onnx_accuracy(teacher_onnx, data.test), "params": params,
+                   **_test_fields(teacher_correct), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
 
     if not report_only:
@@ -97,10 +104,10 @@ def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
     if claim is None:
         return None
     with claim:
-        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0)
+        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, t0)
 
 
-def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) -> dict:
+def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, t0) -> dict:
     out = recipe.out_path
     (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
     write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
@@ -116,6 +123,8 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) 
                 "before training, so none was trained. Widen search.space toward smaller models (more pruning, "
                 "int8, narrower students), relax slo.p95_ms, or set search.skip_slow: false to train them anyway.")
         raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
+    for r in complete:  # from the recorded accuracy; the front's are recomputed per image below
+        r["test_accuracy_ci95"] = accuracy_ci95(round(r["test_accuracy"] * len(data.test)), len(data.test))
     for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
         complete[i]["pareto"] = True
     front = [r for r in complete if r["pareto"]]
@@ -169,14 +178,26 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, t0) 
     front = [r for r in front if r["pareto"]]
     chosen = _choose(front)
     chosen["chosen"] = True
-    refs = {k: {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k]),
-                "latency_interleaved": lat[k].to_dict()} for k, s in refs_stages.items()}
-    for r in refs.values():
-        by = dominated_by(front, r["test_accuracy"], r["latency_p95_ms"], r["latency"]["p95_ci95_ms"][1])
-        r["dominated_by_front"], r["dominated_by_trial"] = by is not None, by["trial"] if by else None
+    # Accuracy verdicts come from paired tests on the same test images (compress.verdicts), so each model's
+    # per-image correctness is computed once here; the recorded accuracies are the same numbers.
+    tqdm.write(f"paired accuracy tests on {len(data.test):,} test samples: front, baselines, teacher")
+    correct = {r["trial"]: onnx_correct(Path(r["artifact_path"]), data.test) for r in front}
+    for r in front:
+        r.update(_test_fields(correct[r["trial"]]))
+    refs = {}
+    for k, s in refs_stages.items():
+        base_correct = onnx_correct(s.onnx, data.test)
+        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k]), **_test_fields(base_correct),
+             "latency_interleaved": lat[k].to_dict()}
+        r["versus_front"] = baseline_verdict(r, base_correct, front, correct)
+        r["dominated_by_front"] = r["versus_front"]["verdict"] == "dominated"
+        r["dominated_by_trial"] = r["versus_front"]["trial"] if r["dominated_by_front"] else None
+        refs[k] = r
+    comparisons = _comparisons(chosen, front, correct, teacher_rec, teacher_correct)
 
     plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
     summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
+    summary.update(comparisons)
     summary["baselines_failed"] = refs_failed
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
@@ -196,6 +217,25 @@ def _attach(study: optuna.Study, store, out: Path) -> None:
         if (out / name).is_file():
             ids[name] = upload_artifact(artifact_store=store, file_path=str(out / name), study_or_trial=study)
     study.set_user_attr("report_artifacts", ids)
+
+
+def _comparisons(chosen: dict, front: list[dict], correct: dict, teacher_rec: dict, teacher_correct) -> dict:
+    """The chosen artifact against the teacher and against the runner-up (the next most accurate front
+    member it was chosen over: feasible ones first), by McNemar's test on the same test images."""
+    def vs(other: dict, other_correct, name: str) -> dict:
+        t = paired_test(correct[chosen["trial"]], other_correct)
+        verdict = {"a more accurate": "artifact more accurate", "b more accurate": f"{name} more accurate"}.get(
+            t["verdict"], t["verdict"])
+        return {"test_accuracy": other["test_accuracy"], "latency_p95_ms": other["latency_p95_ms"],
+                "verdict": verdict, "p_value": t["p_value"], "only_artifact_right": t["only_a_right"],
+                "only_other_right": t["only_b_right"]}
+
+    out = {"artifact_vs_teacher": vs(teacher_rec, teacher_correct, "teacher"), "artifact_vs_runner_up": None}
+    others = [r for r in front if r is not chosen]
+    if others:
+        runner = max(others, key=lambda r: (r["feasible"] == chosen["feasible"], r["val_accuracy"], -r["latency_p95_ms"]))
+        out["artifact_vs_runner_up"] = {"trial": runner["trial"], **vs(runner, correct[runner["trial"]], "runner-up")}
+    return out
 
 
 def _capacity(recipe: Recipe, out: Path, teacher_rec: dict, teacher_onnx: Path,
@@ -232,9 +272,12 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
     untrained = sum(t.state == TrialState.COMPLETE and "untrained" in t.user_attrs for t in study.trials)
     p50s = [r["latency_p50_ms"] for r in front]
     slo_met = bool(chosen["feasible"])
+    pair = summarize(teacher_rec, chosen)
+    pair["teacher"]["test_accuracy_ci95"] = teacher_rec["test_accuracy_ci95"]
+    pair["artifact"]["test_accuracy_ci95"] = chosen["test_accuracy_ci95"]
     summary = {
         "study": recipe.name,
-        **summarize(teacher_rec, chosen),
+        **pair,
         "slo_met": slo_met,
         "slo_p95_ms": recipe.slo.p95_ms,
         "slo_max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
@@ -250,11 +293,15 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "n_trials_failed": states.count(TrialState.FAIL),
         "pareto_size": len(front),
         "pareto_latency_span": max(p50s) / min(p50s),
-        "baselines": {k: {"test_accuracy": r["test_accuracy"], "val_accuracy": r["val_accuracy"],
+        # How far the front reaches toward fast and accurate, in machine-independent units (compress.verdicts).
+        "hypervolume": front_hypervolume(front, teacher_rec["latency_p95_ms"]),
+        "baselines": {k: {"test_accuracy": r["test_accuracy"], "test_accuracy_ci95": r["test_accuracy_ci95"],
+                          "val_accuracy": r["val_accuracy"],
                           "latency_p50_ms": r["latency_p50_ms"], "latency_p95_ms": r["latency_p95_ms"],
                           "params": r["params"], "macs": r["macs"], "size_bytes": r["size_bytes"],
                           "latency_p95_ci95_ms": r["latency"]["p95_ci95_ms"],
-                          "dominated_by_front": r["dominated_by_front"], "dominated_by_trial": r["dominated_by_trial"]}
+                          "dominated_by_front": r["dominated_by_front"], "dominated_by_trial": r["dominated_by_trial"],
+                          "versus_front": r["versus_front"]}
                       for k, r in refs.items()},
         "target": recipe.target.model_dump(),
         "teacher_sha256": tinfo["sha256"],
@@ -313,7 +360,11 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
         "metrics": {"val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
                     "teacher_val_accuracy": teacher_rec["val_accuracy"],
                     "teacher_test_accuracy": teacher_rec["test_accuracy"], "test_size": len(data.test),
+                    "test_accuracy_ci95": chosen.get("test_accuracy_ci95"),
+                    "teacher_test_accuracy_ci95": teacher_rec.get("test_accuracy_ci95"),
                     "params": chosen["params"], "macs": chosen["macs"]},
+        "paired_tests": {"vs_teacher": summary.get("artifact_vs_teacher"),
+                         "vs_runner_up": summary.get("artifact_vs_runner_up")},
         "latency": lat, "teacher_latency": teacher_rec["latency"], "speedup_p50": summary["speedup_p50"],
         "machine": summary["machine"],
         "service_level": {"p95_ms": recipe.slo.p95_ms, "max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
@@ -329,6 +380,17 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
     write_bundle(out / "artifact", model, manifest, (data.test.raw, data.test.labels.numpy()), sweep_rows)
 
 
+def verdict_text(v: dict | None, b: dict) -> str:
+    """One baseline's verdict in words; older summaries carry only ``dominated_by_front``."""
+    if v is None:
+        return f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front"
+    if v["verdict"] == "dominated":
+        return f"dominated by trial {v['trial']} (McNemar p = {v['p_value']:.3g})"
+    if v["verdict"] == "not distinguishable":
+        return f"not distinguishable from trial {v['trial']} in accuracy at equal latency (McNemar p = {v['p_value']:.3g})"
+    return "NOT dominated by the front"
+
+
 def print_study_summary(summary: dict) -> None:
     print()
     print(summary_table(summary))
@@ -337,10 +399,19 @@ def print_study_summary(summary: dict) -> None:
           + (f", {slow} too slow to train (timed untrained)" if slow else "") + "; "
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
     for k, b in summary["baselines"].items():
-        verdict = (f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front")
-        print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  {verdict}")
+        print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
+              f"{verdict_text(b.get('versus_front'), b)}")
     for k, why in summary.get("baselines_failed", {}).items():
         print(f"baseline {k:<20} NOT BUILT: {why.splitlines()[0][:160]}")
+    for key, who in (("artifact_vs_runner_up", "runner-up"), ("artifact_vs_teacher", "teacher")):
+        c = summary.get(key)
+        if c:
+            name = f"runner-up trial {c['trial']}" if "trial" in c else who
+            print(f"artifact vs {name} (test {100 * c['test_accuracy']:.2f}%): {c['verdict']} "
+                  f"(McNemar p = {c['p_value']:.3g})")
+    if "hypervolume" in summary:
+        print(f"front hypervolume: {summary['hypervolume']['value']:.4f} "
+              f"({summary['hypervolume']['x']} x {summary['hypervolume']['y']})")
     cap, tcap = summary.get("capacity"), summary.get("capacity_teacher")
     if cap and tcap and "batch" in cap:
         print(f"batch requirement: teacher needs {tcap['batch']['cores']} cores ({tcap['batch']['cost_per_run']:.2f} "

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from compress.report import dominated_by, pareto_indices, plot_pareto_png, write_csv
+from compress.report import pareto_indices, plot_pareto_png, write_csv
 from compress.study import _choose
 
 
@@ -31,18 +31,6 @@ def test_pareto_matches_brute_force(seed):
 def test_pareto_known_case():
     pts = [(0.90, 1.0), (0.92, 2.0), (0.91, 3.0), (0.80, 0.5), (0.92, 2.5)]
     assert pareto_indices(pts) == [3, 0, 1]  # fastest first
-
-
-def test_dominated_by():
-    front = [{"test_accuracy": 0.9, "latency_p95_ms": 1.0}]
-    assert dominated_by(front, 0.9, 1.0) and dominated_by(front, 0.85, 2.0)
-    assert not dominated_by(front, 0.91, 2.0) and not dominated_by(front, 0.5, 0.9)
-    # Within the reference's p95 confidence interval counts as equally fast; beyond it, slower.
-    assert dominated_by(front, 0.85, 0.95, lat_ci_hi=1.02) is front[0]
-    assert dominated_by(front, 0.85, 0.95, lat_ci_hi=0.99) is None
-    # The most accurate of several dominating members is named.
-    two = front + [{"test_accuracy": 0.95, "latency_p95_ms": 0.5}]
-    assert dominated_by(two, 0.85, 2.0) is two[1]
 
 
 def _rec(i, acc, lat, drop_ok=True, feasible=True):

@@ -6,6 +6,7 @@ import pytest
 import compress.search as search_mod
 from compress.recipe import RecipeError, load_recipe
 from compress.study import run_study
+from compress.verdicts import front_hypervolume
 from compress.workers import open_study
 
 OUTPUTS = [  # tiny_study: the session fixture in conftest.py
@@ -31,8 +32,29 @@ def test_three_trial_search_writes_every_output(tiny_study):
     assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
     for b in summary["baselines"].values():
         assert {"test_accuracy", "latency_p50_ms", "latency_p95_ms", "dominated_by_front"} <= set(b)
+        v = b["versus_front"]
+        assert v["verdict"] in ("dominated", "not distinguishable", "not dominated")
+        assert b["dominated_by_front"] == (v["verdict"] == "dominated")
+        assert (v["trial"] is None) == (v["verdict"] == "not dominated")
+        lo, hi = b["test_accuracy_ci95"]
+        assert lo <= b["test_accuracy"] <= hi and hi - lo < 0.2
+    for who in ("teacher", "artifact"):
+        lo, hi = summary[who]["test_accuracy_ci95"]
+        assert lo <= summary[who]["test_accuracy"] <= hi
+    manifest = json.loads((recipe.out_path / "artifact" / "manifest.json").read_text())
+    n = manifest["metrics"]["test_size"]
+    vs_teacher = summary["artifact_vs_teacher"]
+    assert manifest["paired_tests"]["vs_teacher"] == vs_teacher and 0 <= vs_teacher["p_value"] <= 1
+    # The images exactly one of the two gets right account for the whole accuracy gap.
+    assert vs_teacher["only_artifact_right"] - vs_teacher["only_other_right"] == round(
+        n * (summary["artifact"]["test_accuracy"] - summary["teacher"]["test_accuracy"]))
+    assert "McNemar" in (recipe.out_path / "artifact" / "MODEL_CARD.md").read_text()
     pareto = json.loads((recipe.out_path / "pareto.json").read_text())["front"]
     assert len(pareto) == summary["pareto_size"] >= 1
+    assert summary["hypervolume"]["value"] == pytest.approx(
+        front_hypervolume(pareto, summary["teacher"]["latency_p95_ms"])["value"])
+    if len(pareto) > 1:
+        assert summary["artifact_vs_runner_up"]["trial"] in {p["trial"] for p in pareto} - {summary["chosen_trial"]}
     assert all("test_accuracy" in p and "params" in p for p in pareto)
     assert summary["pareto_latency_span"] >= 1.0
     assert "met" in json.loads((recipe.out_path / "artifact" / "manifest.json").read_text())["service_level"]

@@ -156,6 +156,7 @@ def test_kill_9_of_the_finisher_mid_bundle_leaves_nothing_complete(tmp_path):
     _check_study(storage, 2)
 
 
+@pytest.mark.timeout(1500)
 def test_database_restart_during_a_search(pg_url, postgres, tmp_path):
     """The server goes down for a few seconds mid-search: the worker waits for it and goes on."""
     cmd = _cmd(tmp_path, pg_url, 3)
@@ -167,7 +168,7 @@ def test_database_restart_during_a_search(pg_url, postgres, tmp_path):
         except Exception:
             return False
 
-    _wait_for(training, what="the second trial")
+    _wait_for(training, timeout=900, what="the second trial")  # a loaded machine takes minutes to get there
     postgres.restart(down_s=4.0)
     assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
     _check_study(pg_url, 3)

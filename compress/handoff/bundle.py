@@ -170,6 +170,23 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" (95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f}%)"
+
+
+def _paired(tests: dict) -> list[str]:
+    """The paired accuracy tests (McNemar, same test images) as sentences."""
+    lines = []
+    for key, who in (("vs_teacher", "the teacher"), ("vs_runner_up", "the runner-up")):
+        t = tests.get(key)
+        if t:
+            name = f"{who} (trial {t['trial']}, p95 {t['latency_p95_ms']:.3f} ms)" if "trial" in t else who
+            lines.append(f"- Against {name}: {t['verdict']} on the same test images (McNemar p = {t['p_value']:.3g}; "
+                         f"{t['only_artifact_right']} images only this model gets right, "
+                         f"{t['only_other_right']} only the other).")
+    return lines + [""] if lines else []
+
+
 def _card(m: dict, spec: InputSpec) -> str:
     met, lat, slo = m["metrics"], m["latency"], m["service_level"]
     noun = "images" if spec.kind == "image" else "samples"
@@ -191,8 +208,10 @@ def _card(m: dict, spec: InputSpec) -> str:
         f"Try it: `compress predict DIR {example}`.", "", *_hardware_note(m),
         "## Accuracy", "",
         "| | validation | test |", "| --- | ---: | ---: |",
-        f"| this model | {_pct(met['val_accuracy'])} | {_pct(met['test_accuracy'])} |",
-        f"| teacher | {_pct(met['teacher_val_accuracy'])} | {_pct(met['teacher_test_accuracy'])} |", "",
+        f"| this model | {_pct(met['val_accuracy'])} | {_pct(met['test_accuracy'])}{_ci(met.get('test_accuracy_ci95'))} |",
+        f"| teacher | {_pct(met['teacher_val_accuracy'])} | {_pct(met['teacher_test_accuracy'])}"
+        f"{_ci(met.get('teacher_test_accuracy_ci95'))} |", "",
+        *_paired(m.get("paired_tests") or {}),
         f"Test accuracy is on {met['test_size']:,} test {noun}{of}, which no choice in the search ever saw. "
         + ("They travel in `samples/test.npz`, so `compress verify` recomputes it anywhere." if split["bundled"] else
            f"`compress verify` recomputes it from {split['where']}." if spec.source.startswith(IDX_SOURCE) else

@@ -1,0 +1,98 @@
+"""Accuracy verdicts a reader can trust: confidence intervals, paired tests, and the front's hypervolume.
+
+Two models scored on the same test images are compared with McNemar's exact test (the images one gets right
+and the other wrong), not by two rounded percentages: on 10,000 images, 93.6% vs 93.9% may or may not be a
+difference, depending on how many images the two disagree on. Records only (numpy, scipy): no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import binomtest
+
+ALPHA = 0.05  # a difference is claimed when the paired test's two-sided p-value is below this
+
+
+def accuracy_ci95(correct: int, n: int) -> list[float]:
+    """Wilson 95% interval of an accuracy of ``correct`` right out of ``n`` (well behaved near 100%)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    ci = binomtest(int(correct), int(n)).proportion_ci(0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
+    """Exact McNemar test of two models' per-image correctness (boolean arrays over the same images):
+    a two-sided binomial test on the images exactly one of them gets right."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired test on different image sets: {a.shape} vs {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"p_value": float(p), "only_a_right": a_only, "only_b_right": b_only, "n": int(a.size)}
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """McNemar's test plus its reading: "a more accurate", "b more accurate" or "not distinguishable"."""
+    t = mcnemar(a, b)
+    if t["p_value"] >= ALPHA:
+        t["verdict"] = "not distinguishable"
+    else:
+        t["verdict"] = "a more accurate" if t["only_a_right"] > t["only_b_right"] else "b more accurate"
+    return t
+
+
+def baseline_verdict(base: dict, base_correct: np.ndarray, front: list[dict], correct: dict[int, np.ndarray]) -> dict:
+    """How the front fares against one baseline, from paired accuracy tests and latency intervals.
+
+    Only front members at least as fast count: p95 at most the upper end of the baseline's p95 95% CI (two
+    models whose p95s cannot be told apart are equally fast). Against each:
+      - dominated: the member is more accurate on the paired test (p < 0.05), or it is clearly faster (its
+        p95 CI lies below the baseline's) and no less accurate, in number or by the test;
+      - not distinguishable: neither is more accurate on the paired test, at equal latency;
+      - not dominated: the baseline is more accurate than every member at least as fast, or faster than all.
+    The strongest verdict over the members wins (the most accurate member within a verdict is named).
+    ``correct`` maps trial number -> per-image correctness on the test split; records carry ``latency``.
+    """
+    lo, hi = base["latency"]["p95_ci95_ms"]
+    hi = max(hi, base["latency_p95_ms"])
+    rank = {"dominated": 2, "not distinguishable": 1}
+    best = None
+    for m in sorted(front, key=lambda r: -r["test_accuracy"]):
+        if m["latency_p95_ms"] > hi:
+            continue
+        t = compare(correct[m["trial"]], base_correct)
+        faster = m["latency"]["p95_ci95_ms"][1] < lo
+        if t["verdict"] == "a more accurate" or (faster and t["verdict"] == "not distinguishable"
+                                                 and m["test_accuracy"] >= base["test_accuracy"]):
+            v = "dominated"
+        elif t["verdict"] == "not distinguishable":
+            v = "not distinguishable"
+        else:
+            continue
+        if best is None or rank[v] > rank[best["verdict"]]:
+            best = {"verdict": v, "trial": m["trial"], "p_value": t["p_value"],
+                    "only_trial_right": t["only_a_right"], "only_baseline_right": t["only_b_right"]}
+    return best or {"verdict": "not dominated", "trial": None, "p_value": None}
+
+
+def hypervolume(points: list[tuple[float, float]]) -> float:
+    """Area dominated by ``points`` (both coordinates maximised) above the reference point (0, 0)."""
+    pts = sorted(((x, y) for x, y in points if x > 0 and y > 0), key=lambda p: (-p[0], -p[1]))
+    area, top = 0.0, 0.0
+    for x, y in pts:  # sweep from the largest x: each point adds the strip [0, x] x [top, y]
+        if y > top:
+            area += x * (y - top)
+            top = y
+    return area
+
+
+def front_hypervolume(front: list[dict], teacher_p95_ms: float, floor: float = 0.80) -> dict:
+    """The front's hypervolume in (log10 of the teacher's p95 over the member's, test accuracy - ``floor``),
+    reference point (0, 0): members slower than the teacher or below ``floor`` add nothing. Machine speed
+    cancels in the ratio; a front that reaches further toward fast and accurate scores higher."""
+    pts = [(math.log10(teacher_p95_ms / r["latency_p95_ms"]), r["test_accuracy"] - floor) for r in front]
+    return {"value": hypervolume(pts), "x": "log10(teacher p95 / member p95)",
+            "y": f"test accuracy - {floor:.2f}", "reference_point": [0, 0]}
