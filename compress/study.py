@@ -385,10 +385,12 @@ def verdict_text(v: dict | None, b: dict) -> str:
     if v is None:
         return f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front"
     if v["verdict"] == "dominated":
-        return f"dominated by trial {v['trial']} (McNemar p = {v['p_value']:.3g})"
+        return f"dominated by trial {v['trial']}: {v.get('why') or 'more accurate'} (McNemar p = {v['p_value']:.3g})"
     if v["verdict"] == "not distinguishable":
         return f"not distinguishable from trial {v['trial']} in accuracy at equal latency (McNemar p = {v['p_value']:.3g})"
-    return "NOT dominated by the front"
+    if v["trial"] is not None:
+        return f"NOT dominated: more accurate than trial {v['trial']}, the best as fast (McNemar p = {v['p_value']:.3g})"
+    return "NOT dominated: faster than every front member"
 
 
 def print_study_summary(summary: dict) -> None:

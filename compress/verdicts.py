@@ -47,35 +47,39 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
 def baseline_verdict(base: dict, base_correct: np.ndarray, front: list[dict], correct: dict[int, np.ndarray]) -> dict:
     """How the front fares against one baseline, from paired accuracy tests and latency intervals.
 
-    Only front members at least as fast count: p95 at most the upper end of the baseline's p95 95% CI (two
-    models whose p95s cannot be told apart are equally fast). Against each:
+    Only front members at least as fast count: the lower end of the member's p95 95% CI at most the upper
+    end of the baseline's (two models whose p95 intervals overlap cannot be told apart: equally fast).
+    Against each:
       - dominated: the member is more accurate on the paired test (p < 0.05), or it is clearly faster (its
         p95 CI lies below the baseline's) and no less accurate, in number or by the test;
       - not distinguishable: neither is more accurate on the paired test, at equal latency;
-      - not dominated: the baseline is more accurate than every member at least as fast, or faster than all.
+      - not dominated: the baseline is more accurate than every member at least as fast (the most accurate
+        of them is named, with the p-value), or faster than all (no member named).
     The strongest verdict over the members wins (the most accurate member within a verdict is named).
     ``correct`` maps trial number -> per-image correctness on the test split; records carry ``latency``.
     """
     lo, hi = base["latency"]["p95_ci95_ms"]
     hi = max(hi, base["latency_p95_ms"])
-    rank = {"dominated": 2, "not distinguishable": 1}
+    rank = {"dominated": 2, "not distinguishable": 1, "not dominated": 0}
     best = None
     for m in sorted(front, key=lambda r: -r["test_accuracy"]):
-        if m["latency_p95_ms"] > hi:
+        if min(m["latency"]["p95_ci95_ms"][0], m["latency_p95_ms"]) > hi:
             continue
         t = compare(correct[m["trial"]], base_correct)
         faster = m["latency"]["p95_ci95_ms"][1] < lo
-        if t["verdict"] == "a more accurate" or (faster and t["verdict"] == "not distinguishable"
-                                                 and m["test_accuracy"] >= base["test_accuracy"]):
-            v = "dominated"
+        why = None
+        if t["verdict"] == "a more accurate":
+            v, why = "dominated", "more accurate at equal or lower latency"
+        elif faster and t["verdict"] == "not distinguishable" and m["test_accuracy"] >= base["test_accuracy"]:
+            v, why = "dominated", "clearly faster, accuracy not distinguishable"
         elif t["verdict"] == "not distinguishable":
             v = "not distinguishable"
         else:
-            continue
+            v, why = "not dominated", "the baseline is more accurate"
         if best is None or rank[v] > rank[best["verdict"]]:
-            best = {"verdict": v, "trial": m["trial"], "p_value": t["p_value"],
+            best = {"verdict": v, "why": why, "trial": m["trial"], "p_value": t["p_value"],
                     "only_trial_right": t["only_a_right"], "only_baseline_right": t["only_b_right"]}
-    return best or {"verdict": "not dominated", "trial": None, "p_value": None}
+    return best or {"verdict": "not dominated", "why": None, "trial": None, "p_value": None}
 
 
 def hypervolume(points: list[tuple[float, float]]) -> float:

@@ -35,7 +35,7 @@ def test_three_trial_search_writes_every_output(tiny_study):
         v = b["versus_front"]
         assert v["verdict"] in ("dominated", "not distinguishable", "not dominated")
         assert b["dominated_by_front"] == (v["verdict"] == "dominated")
-        assert (v["trial"] is None) == (v["verdict"] == "not dominated")
+        assert v["trial"] is not None or v["verdict"] == "not dominated"
         lo, hi = b["test_accuracy_ci95"]
         assert lo <= b["test_accuracy"] <= hi and hi - lo < 0.2
     for who in ("teacher", "artifact"):

@@ -68,6 +68,7 @@ def test_baseline_verdicts():
     worse, c_worse = member(3, 5, 60, 0.9, (0.88, 0.93))         # -0.55 pp, faster
     fast_same, c_fast = member(4, 35, 30, 0.5, (0.48, 0.52))     # clearly faster, +0.05 pp: dominated
     slower, c_slower = member(5, 200, 0, 3.0, (2.9, 3.1))        # far more accurate but slower: does not count
+    overlap, c_overlap = member(6, 60, 10, 1.1, (1.04, 1.2))     # p95 above the baseline's CI, intervals overlap
 
     def v(*ms):
         return baseline_verdict(base, base_c, [m for m, _ in ms], {m["trial"]: c for m, c in ms})
@@ -75,10 +76,15 @@ def test_baseline_verdicts():
     assert v((better, c_better))["verdict"] == "dominated"
     got = v((same, c_same))
     assert got["verdict"] == "not distinguishable" and got["trial"] == 2 and got["p_value"] > 0.05
-    assert v((worse, c_worse))["verdict"] == "not dominated"
-    assert v((fast_same, c_fast)) | {"p_value": None} == {"verdict": "dominated", "trial": 4, "p_value": None,
-                                                         "only_trial_right": 35, "only_baseline_right": 30}
-    assert v((slower, c_slower)) == {"verdict": "not dominated", "trial": None, "p_value": None}
+    got = v((worse, c_worse))
+    assert (got["verdict"], got["trial"], got["why"]) == ("not dominated", 3, "the baseline is more accurate")
+    assert got["p_value"] < 0.05
+    assert v((better, c_better))["why"] == "more accurate at equal or lower latency"
+    assert v((fast_same, c_fast)) | {"p_value": None} == {
+        "verdict": "dominated", "why": "clearly faster, accuracy not distinguishable", "trial": 4, "p_value": None,
+        "only_trial_right": 35, "only_baseline_right": 30}
+    assert v((slower, c_slower)) == {"verdict": "not dominated", "why": None, "trial": None, "p_value": None}
+    assert v((overlap, c_overlap))["verdict"] == "dominated"  # overlapping p95 intervals: equally fast
     # The strongest verdict over the members wins.
     assert v((same, c_same), (better, c_better), (worse, c_worse))["trial"] == 1
     # Numerically more accurate at equal latency is not enough: that is the "not distinguishable" case.
