@@ -212,6 +212,21 @@ class Range(_Section):
         return self
 
 
+class HalvingConfig(_Section):
+    """Cheap early, exact late (successive halving). Every candidate that trains first runs a short schedule:
+    each of its training schedules cut to ``short_fraction`` of its epochs (at least one; its own warm-up and
+    cosine, so the short model is finished, not interrupted). That model is evaluated in full. It goes on to
+    the recipe's full schedule, retrained from the start so the result is what the recipe makes, only when
+    its validation accuracy ranks in the top 1/``reduction_factor`` of the short-schedule accuracies of
+    comparable candidates (same family, MACs within 2x; Optuna's SuccessiveHalvingPruner decides, which
+    promotes the first of a kind). Otherwise the short-schedule model is the trial's result: a real model,
+    measured like any other, that may stand on the front with the epochs it had recorded in its recipe."""
+
+    enabled: bool = False
+    short_fraction: float = Field(0.25, gt=0, lt=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
 class SearchConfig(_Section):
     n_trials: int = Field(20, ge=1)  # completed + pruned trials the study aims for (resumes count)
     timeout_s: float | None = Field(None, gt=0)  # stop starting new trials after this long
@@ -233,6 +248,7 @@ class SearchConfig(_Section):
     # One whose p95 misses slo.p95_ms beyond its 95% confidence interval is recorded with that latency as
     # infeasible and not trained (seconds, not minutes). false: train it anyway (the slow end of the front).
     skip_slow: bool = True
+    halving: HalvingConfig = HalvingConfig()
     baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
     baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
     baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16=True)

@@ -49,7 +49,7 @@ def pareto_indices(points: list[tuple[float, float]]) -> list[int]:
 # interleaved figures beside them), "trial" for the cheaper one taken when the trial ran.
 CSV_COLUMNS = ["trial", "state", "feasible", "pareto", "val_accuracy", "test_accuracy", "test_accuracy_ci95_low",
                "test_accuracy_ci95_high", "latency_p50_ms",
-               "latency_p95_ms", "latency_p99_ms", "throughput_sps", "latency_measured", "params", "macs",
+               "latency_p95_ms", "latency_p99_ms", "throughput_sps", "latency_measured", "schedule", "params", "macs",
                "size_bytes", "int8"]
 
 

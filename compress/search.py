@@ -14,6 +14,8 @@ compared with students of its kind and size, never stopped for learning slower t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import random
 import shutil
@@ -30,8 +32,9 @@ from compress.models import takes_argument
 from compress.teacher import model_size
 from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
                                removes_channels, trains)
-from compress.recipe import (BRANCH_SEP, Branches, Range, Recipe, range_is_int, space_leaf, space_spec,
-                             with_values)
+from compress.export import onnx_accuracy
+from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, range_is_int, space_leaf,
+                             space_spec, with_values)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -53,7 +56,10 @@ def search_fingerprint(recipe: Recipe) -> str:
     for k in ("n_trials", "timeout_s", "storage", "artifacts"):
         data["search"].pop(k)
     data["output_dir"] = "."
-    return Recipe.model_validate(data).fingerprint()
+    resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
+    if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json"):
+        del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
 
 
 CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over_max")
@@ -110,6 +116,36 @@ def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
         epochs = max(recipe.distill.train.epochs, recipe.prune.finetune.epochs)  # scratch or from-teacher schedule
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()
+
+
+def short_schedule(recipe: Recipe) -> dict[str, int]:
+    """The epochs of the candidate's short schedule under ``search.halving`` (see HalvingConfig), as recipe
+    overrides; empty when halving is off, the candidate does not train, or no schedule would get shorter."""
+    h = recipe.search.halving
+    if not h.enabled or not trains(recipe):
+        return {}
+    keys = ["prune.finetune.epochs"] if from_teacher(recipe) else (
+        ["distill.train.epochs"] + (["prune.finetune.epochs"] if recipe.prune.enabled else []))
+    cut = {k: max(1, math.ceil(space_leaf(recipe, k) * h.short_fraction)) for k in keys}
+    return cut if any(v < space_leaf(recipe, k) for k, v in cut.items()) else {}
+
+
+def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float) -> tuple[bool, str]:
+    """Whether a short schedule's validation accuracy earns the full schedule: Optuna's SuccessiveHalvingPruner
+    over the tier's short-schedule accuracies, kept in the companion study ``<name>:halving:<tier>`` (same
+    storage, so every worker sees them). Returns the decision and the companion trial's reference."""
+    rungs = optuna.create_study(
+        storage=study._storage, study_name=f"{recipe.name}:halving:{tier}", direction="maximize",
+        pruner=optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=recipe.search.halving.reduction_factor, min_early_stopping_rate=0),
+        load_if_exists=True)
+    with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
+        warnings.simplefilter("ignore", UserWarning)
+        rung = rungs.ask()
+    rung.report(short_val, 1)
+    promoted = not rung.should_prune()
+    rungs.tell(rung, short_val)
+    return promoted, f"{rungs.study_name}#{rung.number}"
 
 
 def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
@@ -242,7 +278,21 @@ class Objective:
                 _set_constraints(trial, [probe.p95_ms - slo, 1.0, -1.0])
                 return 0.0, probe.p95_ms
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
-        curves = self._curves(f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}")
+        tier = f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}"
+        short = short_schedule(r)
+        if short:  # cheap early: a short schedule, and the full one only when promoted
+            stages = self._compress(with_values(r, short), work, trial)
+            short_val = onnx_accuracy(stages[-1].onnx, self.full.val)
+            promoted, rung = promote(self.study, self.recipe, tier, short_val)
+            trial.set_user_attr("rung", rung)
+            trial.set_user_attr("halving", {"short_schedule": short, "short_val_accuracy": short_val,
+                                            "promoted": promoted})
+            if not promoted:
+                trial.set_user_attr("overrides", short)  # the epochs its model had: its recipe says so
+                return self._measured(trial, r, stages, work, paused0)
+            for s in stages:
+                s.onnx.unlink(missing_ok=True)
+        curves = self._curves(tier)
         with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
             warnings.simplefilter("ignore", UserWarning)
             curve = curves.ask()
@@ -258,19 +308,37 @@ class Objective:
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
 
         try:
-            stages = compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch)
+            stages = self._compress(r, work, trial, on_epoch)
         except optuna.TrialPruned:
-            shutil.rmtree(work, ignore_errors=True)
             raise
         except BaseException as err:
             from compress.storage import is_connection_error
 
-            if is_connection_error(err):  # the database, not the candidate: the trial is run again
-                raise
-            curves.tell(curve, state=TrialState.FAIL)
-            if isinstance(err, Exception):
+            if not is_connection_error(err):
+                curves.tell(curve, state=TrialState.FAIL)
+            raise
+        val, p95 = self._measured(trial, r, stages, work, paused0)
+        curves.tell(curve, val)
+        return val, p95
+
+    def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None) -> list:
+        """compress_student, with a failure recorded on the trial (a pruned trial leaves no files)."""
+        try:
+            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch)
+        except optuna.TrialPruned:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        except Exception as err:
+            from compress.storage import is_connection_error
+
+            if not is_connection_error(err):  # the database, not the candidate: the trial is run again
                 trial.set_user_attr("failed", f"{type(err).__name__}: {str(err)[:500]}")
             raise
+
+    def _measured(self, trial: optuna.Trial, r: Recipe, stages: list, work, paused0: float) -> tuple[float, float]:
+        """The trial's final model: measured, evaluated on the full splits, uploaded; its objective values."""
+        from compress import hostlock
+
         final = stages[-1]
         model = work / "model.onnx"
         final.onnx.replace(model)
@@ -281,7 +349,6 @@ class Objective:
                    "paused_for_neighbours_s": round(hostlock.paused_s - paused0, 2),
                    "model_sha256": sha256_file(model)}
         val = metrics["val_accuracy"]
-        curves.tell(curve, val)
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("artifact_path", str(model.relative_to(self.recipe.out_path)))  # relocatable study
         if self.store is not None:  # where every worker (and the finisher) can fetch it, and the dashboard shows it

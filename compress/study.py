@@ -68,7 +68,17 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "artifact_path": str(out / t.user_attrs["artifact_path"]) if "artifact_path" in t.user_attrs else None,
             "latency_measured": "trial" if m else "untrained" if "untrained" in t.user_attrs else None,
             "untrained": t.user_attrs.get("untrained"),
+            # search.halving: the short schedule's epochs when this model had only those (not promoted)
+            "overrides": t.user_attrs.get("overrides", {}),
+            "schedule": ("short" if t.user_attrs["halving"]["promoted"] is False else "full")
+            if "halving" in t.user_attrs else None,
             "probe_latency_p95_ms": t.user_attrs.get("probe", {}).get("latency_p95_ms")}
+
+
+def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
+    """The recipe that made a trial's model: the study's, its parameters, and (search.halving) the short
+    schedule's epochs when it had only those."""
+    return with_values(recipe, {**rec["params_"], **rec.get("overrides", {})})
 
 
 def _test_fields(correct) -> dict:
@@ -136,7 +146,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
             f"its database alone. Restore them, point --artifacts at the store the workers used, or delete "
             f"{mask(storage_url(recipe))} (and {out / 'trials'}) to search again.")
     chosen = _choose(front)
-    chosen_recipe = with_values(recipe, chosen["params_"])
+    chosen_recipe = recipe_of(recipe, chosen)
 
     refs_stages, refs_failed = {}, {}
     if recipe.search.baselines:
@@ -290,6 +300,9 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "n_trials_complete": states.count(TrialState.COMPLETE) - untrained,
         "n_trials_untrained_too_slow": untrained,  # timed before training, missed the p95 bound, not trained
         "n_trials_pruned": states.count(TrialState.PRUNED),
+        # search.halving: trials whose model had the short schedule only, and those promoted to the full one
+        "n_trials_short_schedule": sum(t.user_attrs.get("halving", {}).get("promoted") is False for t in study.trials),
+        "n_trials_promoted": sum(t.user_attrs.get("halving", {}).get("promoted") is True for t in study.trials),
         "n_trials_failed": states.count(TrialState.FAIL),
         "pareto_size": len(front),
         "pareto_latency_span": max(p50s) / min(p50s),
@@ -345,7 +358,7 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
     from compress.handoff import spec_fields, write_bundle
 
     model = Path(chosen["artifact_path"])
-    made = with_values(recipe, chosen["params_"])
+    made = recipe_of(recipe, chosen)
     lat = chosen["latency"]
     parity = chosen.get("parity", {})
     manifest = {
@@ -397,8 +410,11 @@ def print_study_summary(summary: dict) -> None:
     print()
     print(summary_table(summary))
     slow = summary.get("n_trials_untrained_too_slow")
+    short = summary.get("n_trials_short_schedule")
     print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned"
-          + (f", {slow} too slow to train (timed untrained)" if slow else "") + "; "
+          + (f", {slow} too slow to train (timed untrained)" if slow else "")
+          + (f"; {short} kept their short schedule, {summary['n_trials_promoted']} promoted to the full one"
+             if short or summary.get("n_trials_promoted") else "") + "; "
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
     for k, b in summary["baselines"].items():
         print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "

@@ -184,6 +184,10 @@ class Progress:
             m = trial.user_attrs["metrics"]
             what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
                 "" if max(constraints(trial)) <= 0 else " (infeasible)")
+            h = trial.user_attrs.get("halving")
+            if h:
+                what += (f" (promoted: short schedule gave {100 * h['short_val_accuracy']:.2f}%)" if h["promoted"] else
+                         " (short schedule, not promoted)")
         else:
             what = trial.state.name.lower()
         feas = [t for t in done if t.state == TrialState.COMPLETE and max(constraints(t)) <= 0]
