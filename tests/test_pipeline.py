@@ -16,6 +16,10 @@ def test_tiny_recipe_end_to_end(tmp_path):
                            f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "speedup p50" in proc.stdout and "teacher" in proc.stdout
+    # In a log file (not a terminal) no progress bar redraws: one line per epoch of each schedule.
+    assert "\r" not in proc.stdout + proc.stderr
+    epochs = [line for line in proc.stdout.splitlines() if " epoch 1/1: loss " in line]
+    assert [line.split(" epoch")[0] for line in epochs] == ["distill", "distill (pruned)"]
     out = tmp_path / "tiny"
     for name in ["recipe.yaml", "model.onnx", "metrics.json", "summary.json"]:
         assert (out / name).is_file(), name

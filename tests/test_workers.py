@@ -185,6 +185,8 @@ def test_several_processes_on_one_machine_without_a_server(kind, tmp_path):
     _check_study(storage, 4)
     logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
     assert sum("servable bundle:" in log for log in logs) == 1, logs  # exactly one wrote the report
+    assert not any("\r" in log for log in logs)  # a log file gets lines, not progress-bar redraws
+    assert sum(log.count("] #") for log in logs) == 4  # one progress line per trial, whichever worker ran it
     assert len(_reports(tmp_path)) == 1
 
 
