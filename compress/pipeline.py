@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress import __version__
 from compress.data import Dataset, batches, calibration_inputs, load_dataset
-from compress.export import check_parity, export_onnx, onnx_accuracy
+from compress.export import check_parity, export_onnx, onnx_accuracy, onnx_correct
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
 from compress.errors import TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
@@ -31,6 +32,7 @@ from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8, reduce_range
 from compress.train import train_
+from compress.verdicts import test_accuracy_fields
 
 ARTIFACT = "model.onnx"
 TEACHER_FAMILY = "teacher"  # student.model value: start from the (pruned) teacher instead of a fresh family
@@ -102,11 +104,12 @@ def prepare(recipe: Recipe, data: Dataset | None = None) -> tuple[Dataset, nn.Mo
     return data, teacher, tinfo
 
 
-def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats) -> dict:
-    """One model's record: accuracy of its ONNX file on the validation and test splits, size, latency."""
+def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats, test_correct: np.ndarray | None = None) -> dict:
+    """One model's record: accuracy of its ONNX file on the validation and test splits (test with its 95% CI;
+    from ``test_correct``, its per-sample correctness, when the caller already has it), size, latency."""
     return {
         "val_accuracy": onnx_accuracy(stage.onnx, data.val),
-        "test_accuracy": onnx_accuracy(stage.onnx, data.test),
+        **test_accuracy_fields(onnx_correct(stage.onnx, data.test) if test_correct is None else test_correct),
         "params": stage.params,
         "macs": stage.macs,
         "size_bytes": stage.onnx.stat().st_size,
@@ -231,7 +234,8 @@ def _ratio_p50(rec: dict) -> float:
 
 
 def summarize(teacher: dict, artifact: dict) -> dict:
-    keys = ["val_accuracy", "test_accuracy", "latency_p50_ms", "latency_p95_ms", "params", "macs", "size_bytes"]
+    keys = ["val_accuracy", "test_accuracy", "test_accuracy_ci95", "latency_p50_ms", "latency_p95_ms", "params",
+            "macs", "size_bytes"]
     return {
         "teacher": {k: teacher[k] for k in keys},
         "artifact": {k: artifact[k] for k in keys},

@@ -34,7 +34,8 @@ from compress.storage import mask
 from compress.workers import artifact_store, claim_finisher, open_study, optimize
 from compress.teacher import model_size
 from compress.techniques.quantize import FORMAT_NAMES
-from compress.verdicts import accuracy_ci95, baseline_verdict, compare as paired_test, front_hypervolume
+from compress.verdicts import (accuracy_ci95, baseline_verdict, compare as paired_test, front_hypervolume,
+                               test_accuracy_fields)
 
 
 def _fetch_model(rec: dict, artifact: str | None, store) -> bool:
@@ -81,11 +82,6 @@ def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
     return with_values(recipe, {**rec["params_"], **rec.get("overrides", {})})
 
 
-def _test_fields(correct) -> dict:
-    """Test accuracy with its Wilson 95% interval, from per-image correctness on the test split."""
-    return {"test_accuracy": float(correct.mean()), "test_accuracy_ci95": accuracy_ci95(int(correct.sum()), correct.size)}
-
-
 def _with_latency(rec: dict, alone, interleaved) -> dict:
     """Percentiles from the model measured alone (as a serving replica runs it); the interleaved statistics,
     which the speed-up ratios come from, under ``latency_interleaved``."""
@@ -105,7 +101,7 @@ def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
     macs, params = model_size(teacher, data.spec)
     teacher_correct = onnx_correct(teacher_onnx, data.test)  # per test image: the paired accuracy tests
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
-                   **_test_fields(teacher_correct), "params": params,
+                   **test_accuracy_fields(teacher_correct), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
 
     if not report_only:
@@ -133,8 +129,9 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                 "before training, so none was trained. Widen search.space toward smaller models (more pruning, "
                 "int8, narrower students), relax slo.p95_ms, or set search.skip_slow: false to train them anyway.")
         raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
-    for r in complete:  # from the recorded accuracy; the front's are recomputed per image below
-        r["test_accuracy_ci95"] = accuracy_ci95(round(r["test_accuracy"] * len(data.test)), len(data.test))
+    for r in complete:  # trials recorded before model_metrics carried it: from the accuracy (the front's are
+        if "test_accuracy_ci95" not in r:  # recomputed per image below)
+            r["test_accuracy_ci95"] = accuracy_ci95(round(r["test_accuracy"] * len(data.test)), len(data.test))
     for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]):
         complete[i]["pareto"] = True
     front = [r for r in complete if r["pareto"]]
@@ -193,11 +190,11 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     tqdm.write(f"paired accuracy tests on {len(data.test):,} test samples: front, baselines, teacher")
     correct = {r["trial"]: onnx_correct(Path(r["artifact_path"]), data.test) for r in front}
     for r in front:
-        r.update(_test_fields(correct[r["trial"]]))
+        r.update(test_accuracy_fields(correct[r["trial"]]))
     refs = {}
     for k, s in refs_stages.items():
         base_correct = onnx_correct(s.onnx, data.test)
-        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k]), **_test_fields(base_correct),
+        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k], base_correct),
              "latency_interleaved": lat[k].to_dict()}
         r["versus_front"] = baseline_verdict(r, base_correct, front, correct)
         r["dominated_by_front"] = r["versus_front"]["verdict"] == "dominated"
@@ -282,12 +279,9 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
     untrained = sum(t.state == TrialState.COMPLETE and "untrained" in t.user_attrs for t in study.trials)
     p50s = [r["latency_p50_ms"] for r in front]
     slo_met = bool(chosen["feasible"])
-    pair = summarize(teacher_rec, chosen)
-    pair["teacher"]["test_accuracy_ci95"] = teacher_rec["test_accuracy_ci95"]
-    pair["artifact"]["test_accuracy_ci95"] = chosen["test_accuracy_ci95"]
     summary = {
         "study": recipe.name,
-        **pair,
+        **summarize(teacher_rec, chosen),
         "slo_met": slo_met,
         "slo_p95_ms": recipe.slo.p95_ms,
         "slo_max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,

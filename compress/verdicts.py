@@ -23,6 +23,11 @@ def accuracy_ci95(correct: int, n: int) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
+def test_accuracy_fields(correct: np.ndarray) -> dict:
+    """Test accuracy and its Wilson 95% interval from per-sample correctness on the test split."""
+    return {"test_accuracy": float(correct.mean()), "test_accuracy_ci95": accuracy_ci95(int(correct.sum()), correct.size)}
+
+
 def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
     """Exact McNemar test of two models' per-image correctness (boolean arrays over the same images):
     a two-sided binomial test on the images exactly one of them gets right."""
