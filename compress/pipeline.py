@@ -185,7 +185,8 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path)
 
 
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
-                     on_epoch: Callable[[int, float], None] | None = None) -> list[Stage]:
+                     on_epoch: Callable[[int, float], None] | None = None,
+                     at_restart: Callable[[float], bool] | None = None, short: dict | None = None) -> list[Stage]:
     """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made.
 
     A scratch student is distilled with ``distill.train``, then pruned and fine-tuned with
@@ -193,6 +194,10 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     task: it is pruned first and then distilled with the fine-tuning schedule, ``prune.finetune``
     (prune, then distil: Sanh et al. 2020, Muralidharan et al. 2024). Unpruned (``prune.ratio: 0`` or
     pruning off), it is not trained: only exported and, with int8 on, quantized.
+
+    ``at_restart`` (search.halving) is called when the first schedule's first cycle ends (its
+    ``restart_epochs``); when it returns False that schedule stops there and the later ones follow the
+    recipe with the ``short`` overrides, so the model is the one ``with_values(recipe, short)`` makes.
     """
     torch.manual_seed(recipe.seed)
     d, p, q = recipe.distill, recipe.prune, recipe.quantize
@@ -203,12 +208,24 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     logits = teacher_logits_for([(d, t) for t, _ in schedules], teacher, data, teacher_info["sha256"])
     student = build_student(recipe, teacher, data.spec, data)
     stages: list[Stage] = []
+    stopped = []
+
+    def decide(acc: float) -> bool:
+        go_on = at_restart(acc)
+        if not go_on:
+            stopped.append(acc)
+        return go_on
+
     for i, (schedule, name) in enumerate(schedules):
         if i:  # the scratch student's second schedule: prune, then fine-tune
             student = _prune_and_adapt(student, p, data.spec, data)
+            if stopped:  # not promoted: the later schedules as short as the first
+                schedule = schedule.model_validate(
+                    {**schedule.model_dump(), "epochs": (short or {}).get("prune.finetune.epochs", schedule.epochs)})
         desc = ("distill" if d.enabled else "train") + ("" if name == "student_fp32" else " (pruned)")
         train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits), val=data.val,
-               seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None)
+               seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None,
+               at_restart=decide if i == 0 and at_restart is not None else None)
         stages.append(_export_stage(name, student, recipe, data, work))
     if not schedules:  # the teacher itself, as is
         stages.append(_export_stage("student_fp32", student, recipe, data, work))

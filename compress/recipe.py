@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from compress.errors import RecipeError
 
@@ -103,6 +103,24 @@ class TrainConfig(_Section):
     # Where training runs: auto is a CUDA GPU when this machine has one, else the CPU. Latency is always
     # measured on target.device, whatever trained the model.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # A warm restart: the first restart_epochs epochs are a schedule of their own (warm-up, cosine to zero),
+    # then the remaining epochs another, the model and its momentum carried over. What a candidate promoted by
+    # search.halving was trained with: its short schedule, then the rest, so promotion retrains nothing.
+    restart_epochs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _restart_inside(self):
+        if self.restart_epochs is not None and self.restart_epochs >= self.epochs:
+            raise ValueError(f"restart_epochs ({self.restart_epochs}) must be below epochs ({self.epochs})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_no_restart(self, handler):
+        # Left out when unset, so recipes, fingerprints and cache keys made before it existed are unchanged.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("restart_epochs", 0) is None:
+            del data["restart_epochs"]
+        return data
 
     @property
     def augmentations(self) -> tuple[str, ...]:
@@ -214,12 +232,13 @@ class Range(_Section):
 
 class HalvingConfig(_Section):
     """Cheap early, exact late (successive halving). Every candidate that trains first runs a short schedule:
-    each of its training schedules cut to ``short_fraction`` of its epochs (at least one; its own warm-up and
-    cosine, so the short model is finished, not interrupted). That model is evaluated in full. It goes on to
-    the recipe's full schedule, retrained from the start so the result is what the recipe makes, only when
-    its validation accuracy ranks in the top 1/``reduction_factor`` of the short-schedule accuracies of
-    comparable candidates (same family, MACs within 2x; Optuna's SuccessiveHalvingPruner decides, which
-    promotes the first of a kind). Otherwise the short-schedule model is the trial's result: a real model,
+    its first training schedule cut to ``short_fraction`` of its epochs (at least one; its own warm-up and
+    cosine, so the short model is finished, not interrupted). Its validation accuracy then decides: when it
+    ranks in the top 1/``reduction_factor`` of the short-schedule accuracies of comparable candidates (same
+    family, MACs within 2x; Optuna's SuccessiveHalvingPruner decides, which promotes the first of a kind),
+    training goes on from that model for the rest of the epochs (a warm restart, recorded in its recipe as
+    ``restart_epochs``), so promotion costs no retraining. Otherwise the short model is finished as the
+    short schedule's recipe says (its later schedules cut too) and is the trial's result: a real model,
     measured like any other, that may stand on the front with the epochs it had recorded in its recipe."""
 
     enabled: bool = False

@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.io import sha256_file
@@ -124,10 +125,16 @@ def short_schedule(recipe: Recipe) -> dict[str, int]:
     h = recipe.search.halving
     if not h.enabled or not trains(recipe):
         return {}
-    keys = ["prune.finetune.epochs"] if from_teacher(recipe) else (
-        ["distill.train.epochs"] + (["prune.finetune.epochs"] if recipe.prune.enabled else []))
+    keys = [f"{first_schedule(recipe)}.epochs"] + (
+        [] if from_teacher(recipe) or not recipe.prune.enabled else ["prune.finetune.epochs"])
     cut = {k: max(1, math.ceil(space_leaf(recipe, k) * h.short_fraction)) for k in keys}
-    return cut if any(v < space_leaf(recipe, k) for k, v in cut.items()) else {}
+    return cut if cut[keys[0]] < space_leaf(recipe, keys[0]) else {}  # the first is where promotion is decided
+
+
+def first_schedule(recipe: Recipe) -> str:
+    """The recipe section of a candidate's first training schedule: the fine-tuning of a pruned teacher, the
+    distillation of a student trained from scratch."""
+    return "prune.finetune" if from_teacher(recipe) else "distill.train"
 
 
 def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float) -> tuple[bool, str]:
@@ -280,18 +287,22 @@ class Objective:
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
         tier = f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}"
         short = short_schedule(r)
-        if short:  # cheap early: a short schedule, and the full one only when promoted
-            stages = self._compress(with_values(r, short), work, trial)
-            short_val = onnx_accuracy(stages[-1].onnx, self.full.val)
-            promoted, rung = promote(self.study, self.recipe, tier, short_val)
-            trial.set_user_attr("rung", rung)
-            trial.set_user_attr("halving", {"short_schedule": short, "short_val_accuracy": short_val,
-                                            "promoted": promoted})
-            if not promoted:
-                trial.set_user_attr("overrides", short)  # the epochs its model had: its recipe says so
-                return self._measured(trial, r, stages, work, paused0)
-            for s in stages:
-                s.onnx.unlink(missing_ok=True)
+        at_restart = None
+        if short:  # cheap early: the short schedule first; the rest of the full one only when promoted
+            k = f"{first_schedule(r)}.restart_epochs"
+            restart = {k: short[f"{first_schedule(r)}.epochs"]}
+            r = with_values(r, restart)
+
+            def at_restart(acc: float) -> bool:
+                promoted, rung = promote(self.study, self.recipe, tier, acc)
+                trial.set_user_attr("rung", rung)
+                trial.set_user_attr("halving", {"short_schedule": short, "short_val_accuracy": acc,
+                                                "promoted": promoted})
+                # The epochs its model had, so that its recipe says how it was made.
+                trial.set_user_attr("overrides", restart if promoted else short)
+                tqdm.write(f"trial {trial.number}: short schedule val_acc {acc:.4f} in tier {tier}: " + (
+                    "promoted, training goes on" if promoted else "not promoted, finished as the short schedule"))
+                return promoted
         curves = self._curves(tier)
         with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
             warnings.simplefilter("ignore", UserWarning)
@@ -308,7 +319,7 @@ class Objective:
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
 
         try:
-            stages = self._compress(r, work, trial, on_epoch)
+            stages = self._compress(r, work, trial, on_epoch, at_restart, short)
         except optuna.TrialPruned:
             raise
         except BaseException as err:
@@ -321,10 +332,10 @@ class Objective:
         curves.tell(curve, val)
         return val, p95
 
-    def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None) -> list:
+    def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None, at_restart=None, short=None) -> list:
         """compress_student, with a failure recorded on the trial (a pruned trial leaves no files)."""
         try:
-            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch)
+            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch, at_restart, short)
         except optuna.TrialPruned:
             shutil.rmtree(work, ignore_errors=True)
             raise

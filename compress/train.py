@@ -57,13 +57,19 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
 
 
 def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """LR factor per step: linear warm-up, then cosine to zero; with ``restart_epochs``, two such cycles,
+    the first exactly the schedule of a ``restart_epochs``-epoch run."""
+    cut = (cfg.restart_epochs or 0) * steps_per_epoch
     total = max(1, cfg.epochs * steps_per_epoch)
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
 
-    def factor(step: int) -> float:
+    def cycle(step: int, length: int) -> float:
+        warm = min(int(cfg.warmup_epochs * steps_per_epoch), length)
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, length - warm)))
+
+    def factor(step: int) -> float:
+        return cycle(step, cut) if step < cut else cycle(step - cut, total - cut)
 
     return factor
 
@@ -78,9 +84,14 @@ def train_(
     seed: int = 0,
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
+    at_restart: Callable[[float], bool] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``cfg.device``; returns the validation accuracy after each epoch (empty
-    without ``val``). The model is back on the CPU, in eval mode, when this returns."""
+    without ``val``). The model is back on the CPU, in eval mode, when this returns.
+
+    With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy is passed to
+    ``at_restart`` when that cycle ends; when it returns False training stops there, and the model is the
+    one a ``restart_epochs``-epoch schedule makes (same seed, same batches, same learning rates)."""
     device = resolve_device(cfg.device)
     kinds = cfg.augmentations
     if kinds and train.raw.dim() != 4:
@@ -132,6 +143,9 @@ def train_(
             if on_epoch is not None:
                 on_epoch(epoch, acc)
         tqdm.write(msg)
+        if at_restart is not None and epoch + 1 == cfg.restart_epochs and val is not None \
+                and not at_restart(history[-1]):
+            break
     model.to(device="cpu", memory_format=torch.contiguous_format)
     model.eval()
     return history

@@ -26,6 +26,32 @@ def test_short_schedule_cuts_every_schedule_the_candidate_trains():
     # One-epoch schedules cannot get shorter; halving off changes nothing.
     assert short_schedule(with_values(r, {"distill.train.epochs": 1, "prune.enabled": False})) == {}
     assert short_schedule(_recipe("distill.train.epochs=8")) == {}
+    # Promotion is decided at the first schedule's restart: when that one cannot get shorter, no halving.
+    assert short_schedule(with_values(r, {"distill.train.epochs": 1, "prune.enabled": True})) == {}
+
+
+def test_a_candidate_not_promoted_is_what_its_short_recipe_makes(tiny_data, tmp_path):
+    """The whole candidate (distil with a restart, stopped at it; prune; fine-tune cut short; export): the same
+    model as the recipe with the short schedule's epochs, which is what the trial records as its recipe."""
+    import numpy as np
+
+    from compress.export import onnx_logits
+    from compress.pipeline import compress_student
+    from compress.teacher import load_teacher
+
+    r = load_recipe("recipes/tiny.yaml", ["search.halving.enabled=true", "distill.train.epochs=4",
+                                          "prune.finetune.epochs=4", "quantize.enabled=false"])
+    short = short_schedule(r)
+    assert short == {"distill.train.epochs": 1, "prune.finetune.epochs": 1}
+    teacher, tinfo = load_teacher(r.teacher)
+    asked = []
+    stopped = compress_student(with_values(r, {"distill.train.restart_epochs": 1}), tiny_data, teacher, tinfo,
+                               tmp_path / "stopped", at_restart=lambda acc: asked.append(acc) or False, short=short)
+    made = compress_student(with_values(r, short), tiny_data, teacher, tinfo, tmp_path / "short")
+    assert len(asked) == 1 and [s.name for s in stopped] == [s.name for s in made]
+    x = tiny_data.val.inputs().numpy()
+    for a, b in zip(stopped, made):
+        np.testing.assert_array_equal(onnx_logits(a.onnx, x), onnx_logits(b.onnx, x))
 
 
 def test_halving_off_keeps_the_fingerprint_of_studies_made_before_it_existed():
@@ -54,24 +80,27 @@ def test_a_search_with_halving_trains_short_first_and_records_what_each_model_ha
 
     data = yaml.safe_load(open("recipes/tiny_search.yaml"))
     data["output_dir"] = str(tmp_path)
-    data["distill"]["train"]["epochs"] = 4
+    data["distill"]["train"]["epochs"] = 8  # short: 2 epochs, enough to tell the candidates apart
     data["capacity"]["enabled"] = False
-    data["search"].update({"halving": {"enabled": True, "short_fraction": 0.25}, "baselines": False})
+    data["search"].update({"halving": {"enabled": True, "short_fraction": 0.25}, "baselines": False, "n_trials": 5})
     data["search"]["space"].update({"student.width": 8, "prune.enabled": [False]})  # one tier: they compete
     r = recipe_from_dict(data)
     summary = run_study(r)
     log = capsys.readouterr().out
     trials = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db").trials
-    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     promoted = [t.user_attrs["halving"]["promoted"] for t in trials]
-    assert promoted[0] is True  # the first of its tier
-    assert summary["n_trials_promoted"] == sum(promoted) and summary["n_trials_short_schedule"] == 3 - sum(promoted)
-    # Every trial ran the 1-epoch short schedule; only the promoted ones ran the 4-epoch one after it.
-    assert log.count("epoch 1/1:") == 3 and log.count("epoch 4/4:") == sum(promoted)
+    assert promoted[0] is True and False in promoted  # the first of its tier; a weaker one is not
+    assert summary["n_trials_promoted"] == sum(promoted) and summary["n_trials_short_schedule"] == 5 - sum(promoted)
+    # Every trial ran the first 2 epochs, the short schedule's cycle; only the promoted ones went on to epoch 8,
+    # from that model (a warm restart), without training again from scratch.
+    assert log.count("epoch 2/8:") == 5 and log.count("epoch 8/8:") == log.count("epoch 3/8:") == sum(promoted)
+    assert log.count("promoted, training goes on") == sum(promoted)
     for t in trials:
         h = t.user_attrs["halving"]
-        assert h["short_schedule"] == {"distill.train.epochs": 1}
-        assert t.user_attrs.get("overrides", {}) == ({} if h["promoted"] else {"distill.train.epochs": 1})
+        assert h["short_schedule"] == {"distill.train.epochs": 2}
+        assert t.user_attrs["overrides"] == ({"distill.train.restart_epochs": 2} if h["promoted"]
+                                             else {"distill.train.epochs": 2})
         assert 0 < t.user_attrs["metrics"]["test_accuracy"] <= 1  # every model evaluated in full
     with open(tmp_path / r.name / "trials.csv") as f:
         rows = {int(row["trial"]): row["schedule"] for row in csv.DictReader(f)}
@@ -81,4 +110,8 @@ def test_a_search_with_halving_trains_short_first_and_records_what_each_model_ha
 
     manifest = json.loads((tmp_path / r.name / "artifact" / "manifest.json").read_text())
     chosen = trials[summary["chosen_trial"]]
-    assert manifest["recipe"]["distill"]["train"]["epochs"] == (4 if chosen.user_attrs["halving"]["promoted"] else 1)
+    train = manifest["recipe"]["distill"]["train"]
+    if chosen.user_attrs["halving"]["promoted"]:
+        assert train["epochs"] == 8 and train["restart_epochs"] == 2
+    else:
+        assert train["epochs"] == 2 and "restart_epochs" not in train

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -33,3 +35,51 @@ def test_augmentation_is_refused_for_feature_vectors():
     split = Split(torch.randn(16, 8), torch.zeros(16, dtype=torch.long), 0.0, 1.0, 1.0)
     with pytest.raises(RecipeError, match="augmentation .* is for images, and these data are feature vectors"):
         train_(create_model("mlp", in_features=8, num_classes=2), split, TrainConfig(epochs=1, augment=True))
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def test_a_warm_restart_stopped_after_its_first_cycle_is_the_short_schedule(tiny_data):
+    """search.halving's promise: a candidate not promoted has exactly the model a restart_epochs-epoch
+    schedule makes (same batches, same learning rates), and a promoted one goes on from it."""
+    from compress.models import create_model
+
+    split = tiny_data.train.head(256)
+    cfg = dict(batch_size=64, lr=0.05, warmup_epochs=0.5)
+    torch.manual_seed(0)
+    short = create_model("cnn", width=4, depth=1)
+    stopped, full = create_model("cnn", width=4, depth=1), create_model("cnn", width=4, depth=1)
+    stopped.load_state_dict(short.state_dict())
+    full.load_state_dict(short.state_dict())
+    train_(short, split, TrainConfig(epochs=1, **cfg), val=tiny_data.val)
+    seen = []
+    hist = train_(stopped, split, TrainConfig(epochs=3, restart_epochs=1, **cfg), val=tiny_data.val,
+                  at_restart=lambda acc: seen.append(acc) or False)
+    assert len(hist) == 1 and seen == hist
+    for a, b in zip(_weights(short), _weights(stopped)):
+        assert torch.equal(a, b)
+    hist = train_(full, split, TrainConfig(epochs=3, restart_epochs=1, **cfg), val=tiny_data.val,
+                  at_restart=lambda acc: True)
+    assert len(hist) == 3 and hist[0] == seen[0]
+    assert any(not torch.equal(a, b) for a, b in zip(_weights(short), _weights(full)))
+
+
+def test_a_restart_schedule_is_two_cycles_each_with_its_own_warm_up_and_decay():
+    from compress.train import _schedule
+
+    f = _schedule(TrainConfig(epochs=4, restart_epochs=1, warmup_epochs=0.5), steps_per_epoch=10)
+    lr = [f(s) for s in range(40)]
+    assert lr[4] == 1.0 and lr[9] < 0.1  # the first cycle: 5 warm-up steps, then cosine towards 0 in epoch 1
+    assert lr[10] == pytest.approx(0.2) and lr[14] == 1.0 and lr[39] < 0.01  # the second: warm-up again
+    # Without a restart: one warm-up, one cosine over the 40 steps, as before restarts existed.
+    plain = _schedule(TrainConfig(epochs=4, warmup_epochs=0.5), steps_per_epoch=10)
+    assert [plain(s) for s in range(40)] == [(s + 1) / 5 if s < 5 else 0.5 * (1 + math.cos(math.pi * (s - 5) / 35))
+                                             for s in range(40)]
+
+
+def test_restart_must_fall_inside_the_schedule():
+    with pytest.raises(ValueError, match=r"restart_epochs \(4\) must be below epochs \(4\)"):
+        TrainConfig(epochs=4, restart_epochs=4)
+    assert "restart_epochs" not in TrainConfig(epochs=4).model_dump()  # recipes made before it are unchanged
