@@ -208,14 +208,7 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     logits = teacher_logits_for([(d, t) for t, _ in schedules], teacher, data, teacher_info["sha256"])
     student = build_student(recipe, teacher, data.spec, data)
     stages: list[Stage] = []
-    stopped = []
-
-    def decide(acc: float) -> bool:
-        go_on = at_restart(acc)
-        if not go_on:
-            stopped.append(acc)
-        return go_on
-
+    stopped = False  # at the first schedule's restart (not promoted)
     for i, (schedule, name) in enumerate(schedules):
         if i:  # the scratch student's second schedule: prune, then fine-tune
             student = _prune_and_adapt(student, p, data.spec, data)
@@ -223,9 +216,10 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
                 schedule = schedule.model_validate(
                     {**schedule.model_dump(), "epochs": (short or {}).get("prune.finetune.epochs", schedule.epochs)})
         desc = ("distill" if d.enabled else "train") + ("" if name == "student_fp32" else " (pruned)")
-        train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits), val=data.val,
-               seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None,
-               at_restart=decide if i == 0 and at_restart is not None else None)
+        history = train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits),
+                         val=data.val, seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None,
+                         at_restart=at_restart if i == 0 else None)
+        stopped = stopped or len(history) < schedule.epochs
         stages.append(_export_stage(name, student, recipe, data, work))
     if not schedules:  # the teacher itself, as is
         stages.append(_export_stage("student_fp32", student, recipe, data, work))

@@ -33,7 +33,6 @@ from compress.models import takes_argument
 from compress.teacher import model_size
 from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
                                removes_channels, trains)
-from compress.export import onnx_accuracy
 from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, range_is_int, space_leaf,
                              space_spec, with_values)
 
@@ -289,8 +288,8 @@ class Objective:
         short = short_schedule(r)
         at_restart = None
         if short:  # cheap early: the short schedule first; the rest of the full one only when promoted
-            k = f"{first_schedule(r)}.restart_epochs"
-            restart = {k: short[f"{first_schedule(r)}.epochs"]}
+            first = first_schedule(r)
+            restart = {f"{first}.restart_epochs": short[f"{first}.epochs"]}
             r = with_values(r, restart)
 
             def at_restart(acc: float) -> bool:

@@ -69,7 +69,7 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "artifact_path": str(out / t.user_attrs["artifact_path"]) if "artifact_path" in t.user_attrs else None,
             "latency_measured": "trial" if m else "untrained" if "untrained" in t.user_attrs else None,
             "untrained": t.user_attrs.get("untrained"),
-            # search.halving: the short schedule's epochs when this model had only those (not promoted)
+            # search.halving: the short schedule's epochs (not promoted) or its restart (promoted)
             "overrides": t.user_attrs.get("overrides", {}),
             "schedule": ("short" if t.user_attrs["halving"]["promoted"] is False else "full")
             if "halving" in t.user_attrs else None,
@@ -78,7 +78,7 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
 
 def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
     """The recipe that made a trial's model: the study's, its parameters, and (search.halving) the short
-    schedule's epochs when it had only those."""
+    schedule's epochs when it had only those, or the restart that the promoted one went on from."""
     return with_values(recipe, {**rec["params_"], **rec.get("overrides", {})})
 
 
