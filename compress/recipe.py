@@ -98,8 +98,11 @@ class TrainConfig(_Section):
     # teacher); or a list of [shift, hflip] (no flips for digits or text). When on, distillation cannot reuse
     # cached teacher logits (each view needs its own), so students default to off.
     augment: bool | list[Literal["shift", "hflip"]] = False
-    # bf16 autocast + channels_last: ~3x faster training on AVX-512 BF16 CPUs, same accuracy here.
-    bf16: bool = False
+    # bf16 autocast + channels_last: ~3x faster training on AVX-512 BF16 CPUs, same accuracy here; emulated,
+    # and 7-8x slower than fp32, on CPUs without AVX-512 (an AVX2 EPYC). auto: bf16 where the training device
+    # computes it natively, else fp32 (workers of one study on different machines may then differ: pin
+    # true or false where that matters).
+    bf16: bool | Literal["auto"] = False
     # Where training runs: auto is a CUDA GPU when this machine has one, else the CPU. Latency is always
     # measured on target.device, whatever trained the model.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -144,7 +147,7 @@ class TeacherConfig(_Section):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # pin an exact checkpoint
     # Unpickling a whole module runs code from the file: allowed only when the recipe says it trusts it.
     trust_pickle: bool = False
-    train: TrainConfig = TrainConfig(epochs=15, lr=0.1, augment=True, bf16=True)
+    train: TrainConfig = TrainConfig(epochs=15, lr=0.1, augment=True, bf16="auto")
 
 
 class StudentConfig(_Section):
@@ -270,7 +273,7 @@ class SearchConfig(_Section):
     halving: HalvingConfig = HalvingConfig()
     baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
     baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
-    baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16=True)
+    baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16="auto")
     # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
     # or branches, a sub-space per choice: student.model: {teacher: {prune.ratio: ...}, cnn: {student.width: ...}}
     space: dict[str, Any] = Field(default_factory=dict)

@@ -88,11 +88,24 @@ def _with_latency(rec: dict, alone, interleaved) -> dict:
     return {**rec, "latency_measured": "final", **alone.record_fields(), "latency_interleaved": interleaved.to_dict()}
 
 
+class Phases:
+    """Where this process's wall time went, phase by phase: summary.json's ``phases_s``."""
+
+    def __init__(self):
+        self.start = self._last = time.time()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._last = now
+
+
 def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
     """One worker of the study: its share of the trials, then the report when this worker is the finisher
     (see compress.workers). Returns summary.json's content, or None when another process writes the report.
     ``report_only`` (``compress report``): no trials, the report (again)."""
-    t0 = time.time()
+    clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     data, teacher, tinfo = prepare(recipe)
     out = recipe.out_path
@@ -103,17 +116,20 @@ def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val),
                    **test_accuracy_fields(teacher_correct), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
+    clock.lap("setup")  # data, teacher, its ONNX and test accuracy
 
     if not report_only:
         optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
+        clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
     claim = claim_finisher(recipe, study, explicit=report_only)
     if claim is None:
         return None
     with claim:
-        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, t0)
+        clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
+        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock)
 
 
-def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, t0) -> dict:
+def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock) -> dict:
     out = recipe.out_path
     (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
     write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
@@ -159,6 +175,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                 tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
                 continue
             refs_stages[stage.name] = stage
+    clock.lap("baselines")
 
     tqdm.write(f"final measurement: teacher, {len(front)} Pareto trial(s) and {len(refs_stages)} baseline(s), "
                "interleaved in one process (for the speed-ups)")
@@ -183,6 +200,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     for i, r in enumerate(front):
         r["pareto"] = i in keep
     front = [r for r in front if r["pareto"]]
+    clock.lap("final_latency")
     chosen = _choose(front)
     chosen["chosen"] = True
     # Accuracy verdicts come from paired tests on the same test images (compress.verdicts), so each model's
@@ -201,9 +219,11 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
         r["dominated_by_trial"] = r["versus_front"]["trial"] if r["dominated_by_front"] else None
         refs[k] = r
     comparisons = _comparisons(chosen, front, correct, teacher_rec, teacher_correct)
+    clock.lap("paired_tests")
 
     plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
-    summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0)
+    clock.lap("capacity")
+    summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock)
     summary.update(comparisons)
     summary["baselines_failed"] = refs_failed
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
@@ -274,7 +294,7 @@ def _choose(front: list[dict]) -> dict:
     return max(front, key=lambda r: r["val_accuracy"])
 
 
-def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -> dict:
+def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock: Phases) -> dict:
     states = [t.state for t in study.trials]
     untrained = sum(t.state == TrialState.COMPLETE and "untrained" in t.user_attrs for t in study.trials)
     p50s = [r["latency_p50_ms"] for r in front]
@@ -316,7 +336,8 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, t0) -
         "spec": data.spec.to_dict(),
         "storage": mask(storage_url(recipe)),
         "machine": machine_info(recipe.target.device),
-        "wall_time_s": round(time.time() - t0, 1),
+        "wall_time_s": round(time.time() - clock.start, 1),
+        "phases_s": dict(clock.seconds),  # this process's wall time by phase: where a time budget went
     }
     return summary
 
@@ -421,6 +442,9 @@ def print_study_summary(summary: dict) -> None:
             name = f"runner-up trial {c['trial']}" if "trial" in c else who
             print(f"artifact vs {name} (test {100 * c['test_accuracy']:.2f}%): {c['verdict']} "
                   f"(McNemar p = {c['p_value']:.3g})")
+    if summary.get("phases_s"):
+        print(f"wall time {summary['wall_time_s'] / 60:.1f} min: "
+              + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in summary["phases_s"].items() if v >= 3) + " (minutes)")
     if "hypervolume" in summary:
         print(f"front hypervolume: {summary['hypervolume']['value']:.4f} "
               f"({summary['hypervolume']['x']} x {summary['hypervolume']['y']})")

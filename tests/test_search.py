@@ -29,6 +29,11 @@ def test_three_trial_search_writes_every_output(tiny_study):
                 "n_trials_pruned", "pareto_size", "pareto_latency_span", "baselines", "wall_time_s", "machine"]:
         assert key in summary, key
     assert summary["n_trials_complete"] + summary["n_trials_pruned"] == 3
+    # Where the wall time went: every phase this run went through, adding up to (at most) the whole.
+    phases = summary["phases_s"]
+    assert list(phases) == ["setup", "search", "waiting_for_workers", "baselines", "final_latency", "paired_tests",
+                            "capacity"]
+    assert phases["search"] > 0 and sum(phases.values()) <= summary["wall_time_s"] + 0.1 * len(phases)
     assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
     for b in summary["baselines"].values():
         assert {"test_accuracy", "latency_p50_ms", "latency_p95_ms", "dominated_by_front"} <= set(b)

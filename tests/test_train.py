@@ -41,6 +41,42 @@ def _weights(model):
     return [p.detach().clone() for p in model.state_dict().values()]
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_is_bf16_where_native_and_fp32_elsewhere(tiny_data, monkeypatch, capsys, native):
+    import compress.train as train_mod
+    from compress.models import create_model
+
+    class Spy(torch.nn.Module):  # what the training loop really ran: autocast on or off
+        def __init__(self):
+            super().__init__()
+            self.net, self.seen = create_model("cnn", width=4, depth=1), set()
+
+        def forward(self, x):
+            if self.training:
+                self.seen.add(torch.is_autocast_enabled("cpu"))
+            return self.net(x)
+
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: native)
+    monkeypatch.setattr(train_mod, "_told", set())
+    ran = {}
+    for setting in ("auto", True, False):
+        model = Spy()
+        train_(model, tiny_data.train.head(128), TrainConfig(epochs=1, batch_size=64, bf16=setting, device="cpu"))
+        ran[setting] = model.seen
+    assert ran[True] == {True} and ran[False] == {False}
+    assert ran["auto"] == ran[native]
+    out = capsys.readouterr().out
+    assert f"bf16: auto -> {'bf16 autocast' if native else 'fp32'} on this CPU" in out
+    # Asking for bf16 where it is emulated is allowed, and said: it is several times slower.
+    assert ("warning: bf16: true on a CPU without native bf16" in out) is (not native)
+
+
+def test_bf16_takes_true_false_or_auto():
+    assert TrainConfig(bf16="auto").bf16 == "auto"
+    with pytest.raises(ValueError, match="bf16"):
+        TrainConfig(bf16="fast")
+
+
 def test_a_warm_restart_stopped_after_its_first_cycle_is_the_short_schedule(tiny_data):
     """search.halving's promise: a candidate not promoted has exactly the model a restart_epochs-epoch
     schedule makes (same batches, same learning rates), and a promoted one goes on from it."""
