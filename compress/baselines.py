@@ -2,8 +2,10 @@
 
 (a) the teacher quantized to int8 alone; (b) the teacher with a fraction of its channels pruned and
 fine-tuned on hard labels; (c) the chosen student architecture trained on hard labels, without distillation.
-Each is built once per study and kept under ``results/<study>/baselines/<name>/`` so a resumed study
-does not rebuild it.
+Each is kept under ``results/<study>/baselines/<name>/`` so a resumed study does not rebuild it, and
+under ``.cache/baselines/`` by what shapes its model (teacher, data, seed and the model-making sections of
+the recipe, not the study's name, service level or budget), so the next study that needs the same model
+(the same search with another service level, say) copies it instead of training it again.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.io import read_json, write_json_atomic
@@ -21,28 +26,76 @@ from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
 from compress.recipe import Recipe, with_values
 
 
-def _cached(folder: Path, key: dict, build) -> Stage:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+CACHE_DIR = Path(".cache/baselines")
+# The recipe sections that make a baseline's model; the rest (name, search budget, service level, latency
+# protocol, capacity, cost) only say what is done with it.
+MODEL_SECTIONS = ("seed", "data", "teacher", "student", "distill", "prune", "quantize", "export")
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stage(folder: Path, m: dict) -> Stage:
+    return Stage(m["name"], folder / "model.onnx", m["macs"], m["params"], m["int8"], m["parity"])
+
+
+def _cached(folder: Path, keys: list[dict], build, cache_dir: Path | None = None) -> Stage:
+    """The stage in ``folder`` when it was made under one of ``keys`` (the first is current, the others
+    what older code keyed it by), else a copy from the shared cache, else ``build(folder)`` (then cached)."""
+    digests = [_digest(k) for k in keys]
     meta = folder / "stage.json"
     if meta.is_file() and (folder / "model.onnx").is_file():
         m = read_json(meta)
-        if m.get("key") == digest:
-            return Stage(m["name"], folder / "model.onnx", m["macs"], m["params"], m["int8"], m["parity"])
+        if m.get("key") in digests:
+            return _stage(folder, m)
+    shared = (cache_dir or CACHE_DIR) / digests[0]
+    if (shared / "stage.json").is_file() and (shared / "model.onnx").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared / "model.onnx", folder / "model.onnx.tmp")
+        (folder / "model.onnx.tmp").replace(folder / "model.onnx")
+        m = read_json(shared / "stage.json")
+        write_json_atomic(meta, m)
+        tqdm.write(f"baseline {m['name']}: the same model as in {shared} (same teacher, data and settings), copied")
+        return _stage(folder, m)
     folder.mkdir(parents=True, exist_ok=True)
     stage = build(folder)
     stage = dataclasses.replace(stage, onnx=stage.onnx.replace(folder / "model.onnx"))
-    write_json_atomic(meta, {"key": digest, "name": stage.name, "macs": stage.macs, "params": stage.params,
-                             "int8": stage.int8, "parity": stage.parity})
+    m = {"key": digests[0], "name": stage.name, "macs": stage.macs, "params": stage.params, "int8": stage.int8,
+         "parity": stage.parity}
+    write_json_atomic(meta, m)
+    tmp = shared.with_name(f"{shared.name}.{os.getpid()}.tmp")  # whole or absent: two studies may race here
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(folder / "model.onnx", tmp / "model.onnx")
+    write_json_atomic(tmp / "stage.json", m)
+    try:
+        tmp.replace(shared)
+    except OSError:  # another study cached it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return stage
 
 
+def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
+    """What makes the model ``compress_student(r, ...)`` returns: the model-making sections, the data and
+    teacher actually loaded, and what this machine resolves (bf16: auto, quantize.reduce_range: None)."""
+    from compress.techniques.quantize import reduce_range
+    from compress.train import native_bf16, resolve_device
+
+    full = r.to_dict()
+    return {**{k: full[k] for k in MODEL_SECTIONS}, "data_fingerprint": data.fingerprint, "teacher": tinfo["sha256"],
+            "native_bf16": native_bf16(resolve_device("auto")),
+            "reduce_range": reduce_range(r.quantize) if r.quantize.enabled else None}
+
+
 def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
-    """The last model ``compress_student`` makes of ``r``, cached under ``root/name``."""
+    """The last model ``compress_student`` makes of ``r``, cached under ``root/name`` and ``CACHE_DIR``."""
 
     def build(folder: Path) -> Stage:
         return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder)[-1], name=name)
 
-    return _cached(root / name, {"recipe": r.fingerprint(), "data": data.fingerprint, "teacher": tinfo["sha256"]}, build)
+    legacy = {"recipe": r.fingerprint(), "data": data.fingerprint, "teacher": tinfo["sha256"]}  # per study, before
+    return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, legacy], build)
 
 
 def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:

@@ -163,7 +163,8 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
 
     refs_stages, refs_failed = {}, {}
     if recipe.search.baselines:
-        tqdm.write("building baselines (cached per study): teacher int8, pruned teacher, student without KD")
+        tqdm.write("baselines: teacher int8, pruned teacher, student without KD "
+                   "(each kept per study and in .cache/baselines/)")
         root = out / "baselines"
         for name, build in (("teacher_int8", lambda: bl.teacher_int8(recipe, data, teacher, tinfo, root)),
                             ("teacher_pruned", lambda: bl.teacher_pruned(recipe, data, teacher, tinfo, root)),

@@ -61,6 +61,9 @@ def baseline_verdict(base: dict, base_correct: np.ndarray, front: list[dict], co
       - not dominated: the baseline is more accurate than every member at least as fast (the most accurate
         of them is named, with the p-value), or faster than all (no member named).
     The strongest verdict over the members wins (the most accurate member within a verdict is named).
+    A member with the baseline's very architecture (same MACs, parameters, int8 or not, file size within
+    2%: the chosen student and the same student trained without KD) runs the same graph, so it is equally
+    fast whatever two measurements on a drifting machine said.
     ``correct`` maps trial number -> per-image correctness on the test split; records carry ``latency``.
     """
     lo, hi = base["latency"]["p95_ci95_ms"]
@@ -68,11 +71,12 @@ def baseline_verdict(base: dict, base_correct: np.ndarray, front: list[dict], co
     rank = {"dominated": 2, "not distinguishable": 1, "not dominated": 0}
     best = None
     for m in sorted(front, key=lambda r: -r["test_accuracy"]):
-        if min(m["latency"]["p95_ci95_ms"][0], m["latency_p95_ms"]) > hi:
+        twin = same_architecture(m, base)
+        if not twin and min(m["latency"]["p95_ci95_ms"][0], m["latency_p95_ms"]) > hi:
             continue
         t = compare(correct[m["trial"]], base_correct)
-        faster = m["latency"]["p95_ci95_ms"][1] < lo
-        why = None
+        faster = not twin and m["latency"]["p95_ci95_ms"][1] < lo
+        why = "same architecture: equally fast" if twin else None
         if t["verdict"] == "a more accurate":
             v, why = "dominated", "more accurate at equal or lower latency"
         elif faster and t["verdict"] == "not distinguishable" and m["test_accuracy"] >= base["test_accuracy"]:
@@ -85,6 +89,15 @@ def baseline_verdict(base: dict, base_correct: np.ndarray, front: list[dict], co
             best = {"verdict": v, "why": why, "trial": m["trial"], "p_value": t["p_value"],
                     "only_trial_right": t["only_a_right"], "only_baseline_right": t["only_b_right"]}
     return best or {"verdict": "not dominated", "why": None, "trial": None, "p_value": None}
+
+
+def same_architecture(a: dict, b: dict) -> bool:
+    """Two records of one graph: equal MACs and parameters, both int8 or both not, file sizes within 2%."""
+    keys = ("macs", "params", "int8", "size_bytes")
+    if not all(a.get(k) is not None and b.get(k) is not None for k in keys):
+        return False
+    return (a["macs"], a["params"], a["int8"]) == (b["macs"], b["params"], b["int8"]) \
+        and abs(a["size_bytes"] - b["size_bytes"]) <= 0.02 * max(a["size_bytes"], b["size_bytes"])
 
 
 def hypervolume(points: list[tuple[float, float]]) -> float:

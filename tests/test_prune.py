@@ -40,6 +40,17 @@ def test_round_to_keeps_channel_counts_multiples():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_rounding_that_removes_far_more_than_the_ratio_says_so(capsys):
+    # 12-24-48 channels pruned by 0.23 keep 8-16-32 with round_to 8: a third of them, not 23%.
+    prune_(create_model("cnn", width=12, depth=1), PruneConfig(enabled=True, ratio=0.23, round_to=8))
+    out = capsys.readouterr().out
+    assert "prune.ratio 0.23 with round_to 8 removed 33% of StudentCNN's channels (12-24-48 -> 8-16-32)" in out
+    # Close to the ratio, or without rounding: nothing to say.
+    prune_(create_model("cnn", width=16, depth=1), PruneConfig(enabled=True, ratio=0.5, round_to=8))
+    prune_(create_model("cnn", width=12, depth=1), PruneConfig(enabled=True, ratio=0.23))
+    assert "round_to" not in capsys.readouterr().out
+
+
 def test_ratio_zero_is_identity():
     model = create_model("cnn", width=8, depth=1)
     before = macs_and_params(model)

@@ -91,6 +91,25 @@ def test_baseline_verdicts():
     assert same["test_accuracy"] > base["test_accuracy"]
 
 
+def test_a_baseline_with_the_members_architecture_is_compared_at_equal_latency():
+    # The chosen student and the same student without KD run one graph: a slower measurement of the
+    # member (a drifting machine) must not let the baseline pass for faster and "not dominated".
+    n = 10000
+    base_c = np.zeros(n, bool)
+    base_c[:9408] = True
+    member_c = base_c.copy()
+    member_c[:30] = False
+    member_c[9408:9430] = True  # 94.00% vs 94.08%, 52 discordant images: not distinguishable
+    arch = {"macs": 20_910_000, "params": 329_346, "int8": True, "size_bytes": 368_201}
+    base = {**_model(None, base_c.mean(), 0.703, (0.69, 0.71)), **arch}
+    member = {**_model(3, member_c.mean(), 0.744, (0.73, 0.76)), **arch, "size_bytes": 368_150}
+    got = baseline_verdict(base, base_c, [member], {3: member_c})
+    assert (got["verdict"], got["trial"], got["why"]) == ("not distinguishable", 3, "same architecture: equally fast")
+    # Another architecture with those latencies is slower: it does not count against the baseline.
+    other = {**member, "params": 329_000}
+    assert baseline_verdict(base, base_c, [other], {3: member_c})["verdict"] == "not dominated"
+
+
 def test_hypervolume_known_cases():
     assert hypervolume([(1.0, 0.1)]) == pytest.approx(0.1)
     assert hypervolume([(1.0, 0.1), (0.5, 0.2)]) == pytest.approx(0.1 + 0.5 * 0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from tqdm.auto import tqdm
 
 from compress.errors import CompressError, RecipeError
 from compress.recipe import PruneConfig
@@ -59,6 +60,7 @@ def prune_(model: nn.Module, cfg: PruneConfig, input_shape=(1, 1, 28, 28)) -> nn
         raise RecipeError(f"prune.ignore: {type(model).__name__} has no module {unknown[0]!r}; its modules are "
                           f"named like {some}, ...")
     ignored = [find_classifier(model, example)] + [named[n] for n in cfg.ignore]
+    before = _widths(model, ignored)
     try:
         pruner = tp.pruner.MetaPruner(model, example, importance=_importance(cfg.importance),
                                       pruning_ratio=cfg.ratio, ignored_layers=ignored, global_pruning=False,
@@ -70,7 +72,34 @@ def prune_(model: nn.Module, cfg: PruneConfig, input_shape=(1, 1, 28, 28)) -> nn
         raise PruneError(f"Torch-Pruning could not prune {type(model).__name__} ({type(err).__name__}: "
                          f"{str(err)[:300]}). Leave the layer it names unpruned with prune.ignore: [<module name>], "
                          "or set prune.enabled: false") from None
+    _say_rounding(cfg, type(model).__name__, before, _widths(model, ignored))
     return model
+
+
+def _widths(model: nn.Module, ignored: list[nn.Module]) -> list[int]:
+    """Output channels (features) of every prunable Conv2d and Linear layer, in module order."""
+    keep = {id(m) for m in ignored}
+    return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in keep]
+
+
+_said: set[tuple] = set()
+
+
+def _say_rounding(cfg: PruneConfig, name: str, before: list[int], after: list[int]) -> None:
+    """With round_to, kept channel counts round down: a small layer can lose far more than prune.ratio
+    (12 channels pruned by 0.23 with round_to 8 keep 8, a third gone). Said once per model and setting."""
+    if not cfg.round_to or not before or (key := (name, tuple(before), cfg.ratio, cfg.round_to)) in _said:
+        return
+    _said.add(key)
+    removed = 1 - sum(after) / sum(before)
+    if removed - cfg.ratio > 0.05:
+        def short(widths: list[int]) -> str:
+            return "-".join(str(w) for i, w in enumerate(widths) if i == 0 or w != widths[i - 1])
+
+        tqdm.write(f"prune.ratio {cfg.ratio:.2f} with round_to {cfg.round_to} removed {removed:.0%} of {name}'s channels "
+                   f"({short(before)} -> {short(after)}): kept counts round down to multiples of {cfg.round_to}; "
+                   "a smaller round_to (or none) keeps closer to the ratio")
 
 
 @torch.no_grad()

@@ -1,0 +1,66 @@
+"""Baselines are cached by what makes their model, so another study that needs the same one copies it."""
+
+import pytest
+
+import compress.baselines as bl
+from compress.recipe import load_recipe
+from compress.teacher import load_teacher
+
+
+@pytest.fixture
+def builds(monkeypatch, tmp_path):
+    """The shared cache in a folder of this test's own, and a count of the baselines really trained."""
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
+    made = []
+    real = bl.compress_student
+
+    def counting(r, *args, **kwargs):
+        made.append(r.search.baseline_finetune.epochs)
+        return real(r, *args, **kwargs)
+
+    monkeypatch.setattr(bl, "compress_student", counting)
+    return made
+
+
+def _recipe(*overrides):
+    return load_recipe("recipes/tiny_search.yaml", ["search.baseline_finetune.epochs=1", "data.train_subset=300",
+                                                    *overrides])
+
+
+def test_another_study_with_the_same_model_copies_it_instead_of_training(tiny_data, tmp_path, builds, capsys):
+    r = _recipe()
+    teacher, tinfo = load_teacher(r.teacher)
+    first = bl.teacher_pruned(r, tiny_data, teacher, tinfo, tmp_path / "a" / "baselines")
+    assert builds == [1]
+    # Another study: its name, service level, budget and latency protocol do not change the model.
+    other = _recipe("name=other", "slo.p95_ms=0.5", "search.n_trials=7", "latency.min_runs=10")
+    again = bl.teacher_pruned(other, tiny_data, teacher, tinfo, tmp_path / "b" / "baselines")
+    assert builds == [1]
+    assert again.onnx != first.onnx and again.onnx.read_bytes() == first.onnx.read_bytes()
+    assert (again.name, again.macs, again.params, again.parity) == (first.name, first.macs, first.params, first.parity)
+    assert "baseline teacher_pruned50: the same model as in" in capsys.readouterr().out
+    # What makes the model does: another fine-tuning schedule is trained.
+    bl.teacher_pruned(_recipe("search.baseline_finetune.epochs=2"), tiny_data, teacher, tinfo, tmp_path / "c")
+    assert builds == [1, 2]
+
+
+def test_a_baseline_kept_by_the_code_before_the_shared_cache_is_still_used(tiny_data, tmp_path, builds):
+    import json
+
+    r = _recipe()
+    teacher, tinfo = load_teacher(r.teacher)
+    root = tmp_path / "study" / "baselines"
+    bl.teacher_pruned(r, tiny_data, teacher, tinfo, root)
+    meta = root / "teacher_pruned50" / "stage.json"
+    m = json.loads(meta.read_text())  # as that code wrote it: keyed by the whole recipe's fingerprint
+    pruned = bl.with_values(r, {"student.model": "teacher", "distill.enabled": False, "prune.enabled": True,
+                                "prune.ratio": 0.5, "prune.finetune": r.search.baseline_finetune.model_dump(),
+                                "quantize.enabled": False})
+    m["key"] = bl._digest({"recipe": pruned.fingerprint(), "data": tiny_data.fingerprint, "teacher": tinfo["sha256"]})
+    meta.write_text(json.dumps(m))
+    for entry in (tmp_path / "cache").iterdir():  # and nothing in the shared cache to fall back on
+        for f in entry.iterdir():
+            f.unlink()
+        entry.rmdir()
+    bl.teacher_pruned(r, tiny_data, teacher, tinfo, root)
+    assert builds == [1]
