@@ -158,14 +158,36 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
             f"here (e.g. {missing[0]['artifact_path']}) nor in the artifact store; the study cannot be finished from "
             f"its database alone. Restore them, point --artifacts at the store the workers used, or delete "
             f"{mask(storage_url(recipe))} (and {out / 'trials'}) to search again.")
+    target = (recipe.target.batch_size, recipe.target.threads, recipe.target.device)
+    # Interleaving makes ratios fair, but on a shared machine it also inflated the p95 of sub-millisecond
+    # models by 30-85% against the same models alone (p50 unchanged). A replica serves one model, so the
+    # percentiles that meet or miss the service level come from each model measured alone: first, since
+    # they decide the front and the artifact, which the student-without-KD baseline is built for.
+    tqdm.write(f"final measurement: the teacher and {len(front)} Pareto trial(s), each alone, for the percentiles "
+               "a serving replica would see")
+    models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front}}
+    alone = {k: measure(p, recipe.latency, *target) for k, p in models.items()}
+    for r in front:
+        r.update(alone[f"trial_{r['trial']}"].record_fields(), latency_measured="final")
+        r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
+                                            teacher_rec["val_accuracy"], recipe)
+        r["feasible"] = max(r["constraint"]) <= 0
+    trial_time_front = {r["trial"] for r in front}  # their files stay: a resumed study starts from this front
+    # The exact numbers can reorder close neighbours: a member now dominated leaves the reported front.
+    keep = set(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in front]))
+    for i, r in enumerate(front):
+        r["pareto"] = i in keep
+    front = [r for r in front if r["pareto"]]
     chosen = _choose(front)
-    chosen_recipe = recipe_of(recipe, chosen)
+    chosen["chosen"] = True
+    clock.lap("final_latency")
 
     refs_stages, refs_failed = {}, {}
     if recipe.search.baselines:
         tqdm.write("baselines: teacher int8, pruned teacher, student without KD "
                    "(each kept per study and in .cache/baselines/)")
         root = out / "baselines"
+        chosen_recipe = recipe_of(recipe, chosen)
         for name, build in (("teacher_int8", lambda: bl.teacher_int8(recipe, data, teacher, tinfo, root)),
                             ("teacher_pruned", lambda: bl.teacher_pruned(recipe, data, teacher, tinfo, root)),
                             ("student_no_kd", lambda: bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root))):
@@ -179,31 +201,15 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     clock.lap("baselines")
 
     tqdm.write(f"final measurement: teacher, {len(front)} Pareto trial(s) and {len(refs_stages)} baseline(s), "
-               "interleaved in one process (for the speed-ups)")
+               "interleaved in one process (for the speed-ups), then each baseline alone")
     models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front},
               **{k: s.onnx for k, s in refs_stages.items()}}
-    target = (recipe.target.batch_size, recipe.target.threads, recipe.target.device)
     lat = compare(models, recipe.latency, *target)
-    # Interleaving makes ratios fair, but on a shared machine it also inflated the p95 of sub-millisecond
-    # models by 30-85% against the same models alone (p50 unchanged). A replica serves one model, so the
-    # percentiles that meet or miss the service level come from each model measured alone.
-    tqdm.write(f"... and each of the {len(models)} models alone, for the percentiles a serving replica would see")
-    alone = {k: measure(p, recipe.latency, *target) for k, p in models.items()}
+    alone.update({k: measure(s.onnx, recipe.latency, *target) for k, s in refs_stages.items()})
     teacher_rec = _with_latency(teacher_rec, alone["teacher"], lat["teacher"])
     for r in front:
-        r.update(_with_latency({}, alone[f"trial_{r['trial']}"], lat[f"trial_{r['trial']}"]))
-        r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
-                                            teacher_rec["val_accuracy"], recipe)
-        r["feasible"] = max(r["constraint"]) <= 0
-    trial_time_front = {r["trial"] for r in front}  # their files stay: a resumed study starts from this front
-    # The exact numbers can reorder close neighbours: a member now dominated leaves the reported front.
-    keep = set(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in front]))
-    for i, r in enumerate(front):
-        r["pareto"] = i in keep
-    front = [r for r in front if r["pareto"]]
+        r["latency_interleaved"] = lat[f"trial_{r['trial']}"].to_dict()
     clock.lap("final_latency")
-    chosen = _choose(front)
-    chosen["chosen"] = True
     # Accuracy verdicts come from paired tests on the same test images (compress.verdicts), so each model's
     # per-image correctness is computed once here; the recorded accuracies are the same numbers.
     tqdm.write(f"paired accuracy tests on {len(data.test):,} test samples: front, baselines, teacher")

@@ -31,7 +31,7 @@ def test_three_trial_search_writes_every_output(tiny_study):
     assert summary["n_trials_complete"] + summary["n_trials_pruned"] == 3
     # Where the wall time went: every phase this run went through, adding up to (at most) the whole.
     phases = summary["phases_s"]
-    assert list(phases) == ["setup", "search", "waiting_for_workers", "baselines", "final_latency", "paired_tests",
+    assert list(phases) == ["setup", "search", "waiting_for_workers", "final_latency", "baselines", "paired_tests",
                             "capacity"]
     assert phases["search"] > 0 and sum(phases.values()) <= summary["wall_time_s"] + 0.1 * len(phases)
     assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
@@ -269,6 +269,39 @@ def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeyp
     assert "teacher_pruned50" in summary["baselines"]  # the others are still built and judged
     assert set(summary["baselines"]) | set(summary["baselines_failed"]) == {"teacher_pruned50", "student_no_kd", "teacher_int8"}
     assert (tmp_path / "tiny_search" / "summary.json").is_file() and (tmp_path / "tiny_search" / "artifact").is_dir()
+
+
+def test_the_student_without_kd_is_built_for_the_artifact_the_final_measurement_chose(tmp_path, monkeypatch):
+    """The final measurement can make the trial-time favourite miss the service level; the artifact is then
+    another member, and the baseline that tells what KD was worth must be that member's architecture."""
+    import dataclasses
+
+    import compress.study as study_mod
+    from compress.recipe import load_recipe
+    from compress.study import run_study
+
+    recipe = load_recipe("recipes/tiny_search.yaml", [
+        f"output_dir={tmp_path}", "search.n_trials=3", "capacity.enabled=false", "search.baseline_finetune.epochs=0",
+        "slo.p95_ms=1000", "latency.max_seconds=0.1", "latency.min_runs=20",
+        "search.space={student.width: [4, 12], distill.temperature: {low: 2.0, high: 6.0}}"])
+    run_study(recipe)
+    front = json.loads((recipe.out_path / "pareto.json").read_text())["front"]
+    if len(front) < 2:
+        pytest.skip("this search's front has a single member: no other artifact to switch to")
+    favourite = max(front, key=lambda r: r["val_accuracy"])
+    real = study_mod.measure
+
+    def slow_favourite(path, *args, **kwargs):
+        stats = real(path, *args, **kwargs)
+        if str(path).endswith(f"{favourite['trial']:04d}/model.onnx"):  # now misses the service level
+            return dataclasses.replace(stats, p95_ms=2000.0, p95_ci95_ms=(1990.0, 2010.0))
+        return stats
+
+    monkeypatch.setattr(study_mod, "measure", slow_favourite)
+    summary = run_study(recipe, report_only=True)
+    assert summary["chosen_trial"] != favourite["trial"]
+    no_kd, artifact = summary["baselines"]["student_no_kd"], summary["artifact"]
+    assert (no_kd["macs"], no_kd["params"]) == (artifact["macs"], artifact["params"])
 
 
 def test_a_candidate_too_slow_untrained_is_timed_and_not_trained(tmp_path, monkeypatch):
