@@ -50,8 +50,10 @@ def artifact_location(recipe: Recipe) -> str:
     return recipe.search.artifacts or str((recipe.out_path / "artifacts").resolve())
 
 
-def search_fingerprint(recipe: Recipe) -> str:
-    """What makes two runs the same study: everything but how long to run and where it is kept."""
+def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
+    """What makes two runs the same study: everything but how long to run and where it is kept.
+    ``before_bf16_auto``: as the code before ``bf16: auto`` computed it, every auto read as true (what the
+    shipped recipes and the defaults said then), so that studies made then still resume."""
     data = recipe.to_dict()
     for k in ("n_trials", "timeout_s", "storage", "artifacts"):
         data["search"].pop(k)
@@ -59,7 +61,17 @@ def search_fingerprint(recipe: Recipe) -> str:
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
     if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json"):
         del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
+    if before_bf16_auto:
+        resolved = _auto_as_true(resolved)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _auto_as_true(node):
+    if isinstance(node, dict):
+        return {k: True if k == "bf16" and v == "auto" else _auto_as_true(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_auto_as_true(v) for v in node]
+    return node
 
 
 CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over_max")

@@ -62,6 +62,8 @@ def test_halving_off_keeps_the_fingerprint_of_studies_made_before_it_existed():
     # then in the teacher's training and the baselines, as the default and in this recipe; now auto).
     then = ["search.baseline_finetune.bf16=true", "teacher.train={epochs: 15, lr: 0.1, augment: true, bf16: true}"]
     assert search_fingerprint(_recipe(*then)) == "e334679fec06"  # what the code before halving gave
+    # And what a study made before bf16: auto is matched by, so that it resumes (compress.workers.open_study).
+    assert search_fingerprint(r, before_bf16_auto=True) == "e334679fec06" != search_fingerprint(r)
 
 
 def test_promotion_is_successive_halving_within_a_tier():

@@ -137,6 +137,20 @@ def test_resuming_with_a_different_recipe_is_refused(tiny_study):
         open_study(changed)
 
 
+def test_a_study_made_before_bf16_auto_resumes(tmp_path, capsys):
+    from compress.search import search_fingerprint
+
+    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}"])
+    study = open_study(recipe)
+    # As that code stored it: the shipped recipe and the defaults said bf16: true where they now say auto.
+    study.set_user_attr("recipe_fingerprint", search_fingerprint(recipe, before_bf16_auto=True))
+    assert open_study(recipe).user_attrs["recipe_fingerprint"] == "e334679fec06"
+    assert "was made before bf16: auto" in capsys.readouterr().out
+    # Any other change is still refused.
+    with pytest.raises(RecipeError, match="different recipe"):
+        open_study(load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "distill.alpha=0.5"]))
+
+
 def test_make_dashboard_serves_the_study(tiny_study):
     from dashboard import running_dashboard
 
