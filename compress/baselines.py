@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from compress.data import Dataset
 from compress.io import read_json, write_json_atomic
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
-from compress.recipe import Recipe, with_values
+from compress.recipe import Recipe, as_before_bf16_auto, with_values
 
 
 CACHE_DIR = Path(".cache/baselines")
@@ -40,7 +40,7 @@ def _stage(folder: Path, m: dict) -> Stage:
     return Stage(m["name"], folder / "model.onnx", m["macs"], m["params"], m["int8"], m["parity"])
 
 
-def _cached(folder: Path, keys: list[dict], build, cache_dir: Path | None = None) -> Stage:
+def _cached(folder: Path, keys: list[dict], build) -> Stage:
     """The stage in ``folder`` when it was made under one of ``keys`` (the first is current, the others
     what older code keyed it by), else a copy from the shared cache, else ``build(folder)`` (then cached)."""
     digests = [_digest(k) for k in keys]
@@ -49,7 +49,7 @@ def _cached(folder: Path, keys: list[dict], build, cache_dir: Path | None = None
         m = read_json(meta)
         if m.get("key") in digests:
             return _stage(folder, m)
-    shared = (cache_dir or CACHE_DIR) / digests[0]
+    shared = CACHE_DIR / digests[0]
     if (shared / "stage.json").is_file() and (shared / "model.onnx").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shared / "model.onnx", folder / "model.onnx.tmp")
@@ -94,8 +94,10 @@ def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict,
     def build(folder: Path) -> Stage:
         return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder)[-1], name=name)
 
-    legacy = {"recipe": r.fingerprint(), "data": data.fingerprint, "teacher": tinfo["sha256"]}  # per study, before
-    return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, legacy], build)
+    # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
+    before = hashlib.sha256(json.dumps(as_before_bf16_auto(r.to_dict()), sort_keys=True).encode()).hexdigest()[:12]
+    legacy = [{"recipe": fp, "data": data.fingerprint, "teacher": tinfo["sha256"]} for fp in (r.fingerprint(), before)]
+    return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, *legacy], build)
 
 
 def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:

@@ -360,6 +360,16 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def as_before_bf16_auto(node: Any) -> Any:
+    """A recipe dict with every ``bf16: auto`` read as true, as the shipped recipes and the defaults said
+    before auto existed: what studies and caches made then were keyed by."""
+    if isinstance(node, dict):
+        return {k: True if k == "bf16" and v == "auto" else as_before_bf16_auto(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [as_before_bf16_auto(v) for v in node]
+    return node
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid recipe"]
     for e in err.errors():

@@ -33,8 +33,8 @@ from compress.models import takes_argument
 from compress.teacher import model_size
 from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
                                removes_channels, trains)
-from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, range_is_int, space_leaf,
-                             space_spec, with_values)
+from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, as_before_bf16_auto, range_is_int,
+                             space_leaf, space_spec, with_values)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -62,16 +62,8 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
     if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json"):
         del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
     if before_bf16_auto:
-        resolved = _auto_as_true(resolved)
+        resolved = as_before_bf16_auto(resolved)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _auto_as_true(node):
-    if isinstance(node, dict):
-        return {k: True if k == "bf16" and v == "auto" else _auto_as_true(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_auto_as_true(v) for v in node]
-    return node
 
 
 CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over_max")

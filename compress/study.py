@@ -450,8 +450,8 @@ def print_study_summary(summary: dict) -> None:
             print(f"artifact vs {name} (test {100 * c['test_accuracy']:.2f}%): {c['verdict']} "
                   f"(McNemar p = {c['p_value']:.3g})")
     if summary.get("phases_s"):
-        print(f"wall time {summary['wall_time_s'] / 60:.1f} min: "
-              + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in summary["phases_s"].items() if v >= 3) + " (minutes)")
+        phases = (f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in summary["phases_s"].items() if v >= 3)
+        print(f"wall time {summary['wall_time_s'] / 60:.1f} min: {', '.join(phases)} (minutes)")
     if "hypervolume" in summary:
         print(f"front hypervolume: {summary['hypervolume']['value']:.4f} "
               f"({summary['hypervolume']['x']} x {summary['hypervolume']['y']})")
