@@ -40,7 +40,8 @@ def resolve_device(name: str) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU that supports it, or a CPU oneDNN runs bf16 on
-    (AVX-512 and up). Elsewhere autocast emulates bf16, and training ran 7-8x slower than fp32 (AVX2 EPYC)."""
+    (AVX-512 and up). Elsewhere autocast emulates bf16: a training step ran 7-8x slower than fp32 on an AVX2
+    EPYC (results/bf16_cpu.json)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
