@@ -58,7 +58,7 @@ def open_study(recipe: Recipe) -> optuna.Study:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(["val_accuracy", "latency_p95_ms"])
-        elif stored == search_fingerprint(recipe, before_bf16_auto=True):
+        elif stored != fp and stored == search_fingerprint(recipe, before_bf16_auto=True):
             tqdm.write(f"study {recipe.name!r} was made before bf16: auto (its recipe's bf16 then read true): resumed; "
                        "the trials it adds train with bf16: auto")
         elif stored != fp:

@@ -149,6 +149,13 @@ def test_a_study_made_before_bf16_auto_resumes(tmp_path, capsys):
     # Any other change is still refused.
     with pytest.raises(RecipeError, match="different recipe"):
         open_study(load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "distill.alpha=0.5"]))
+    # A recipe without auto anywhere hashes alike either way: resuming its own study says nothing of the kind.
+    pinned = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path / 'pinned'}", "teacher.train.bf16=false",
+                                                      "search.baseline_finetune.bf16=false"])
+    assert search_fingerprint(pinned) == search_fingerprint(pinned, before_bf16_auto=True)
+    open_study(pinned)
+    open_study(pinned)
+    assert "was made before bf16: auto" not in capsys.readouterr().out
 
 
 def test_make_dashboard_serves_the_study(tiny_study):
