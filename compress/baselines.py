@@ -11,8 +11,6 @@ the recipe, not the study's name, service level or budget), so the next study th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +21,7 @@ from tqdm.auto import tqdm
 from compress.data import Dataset
 from compress.io import read_json, write_json_atomic
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
-from compress.recipe import Recipe, as_before_bf16_auto, with_values
+from compress.recipe import Recipe, fingerprint_of, with_values
 
 
 CACHE_DIR = Path(".cache/baselines")
@@ -33,7 +31,7 @@ MODEL_SECTIONS = ("seed", "data", "teacher", "student", "distill", "prune", "qua
 
 
 def _digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint_of(key, 16)
 
 
 def _stage(folder: Path, m: dict) -> Stage:
@@ -95,8 +93,8 @@ def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict,
         return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder)[-1], name=name)
 
     # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
-    before = hashlib.sha256(json.dumps(as_before_bf16_auto(r.to_dict()), sort_keys=True).encode()).hexdigest()[:12]
-    legacy = [{"recipe": fp, "data": data.fingerprint, "teacher": tinfo["sha256"]} for fp in (r.fingerprint(), before)]
+    legacy = [{"recipe": r.fingerprint(before_bf16_auto=before), "data": data.fingerprint, "teacher": tinfo["sha256"]}
+              for before in (False, True)]
     return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, *legacy], build)
 
 

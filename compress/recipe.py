@@ -356,8 +356,15 @@ class Recipe(_Section):
         data["search"]["storage"] = mask(data["search"]["storage"])
         return data
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    def fingerprint(self, before_bf16_auto: bool = False) -> str:
+        """``before_bf16_auto``: as the code before ``bf16: auto`` computed it (see as_before_bf16_auto)."""
+        data = self.to_dict()
+        return fingerprint_of(as_before_bf16_auto(data) if before_bf16_auto else data)
+
+
+def fingerprint_of(data: Any, length: int = 12) -> str:
+    """The sha256 of a JSON-able value (keys sorted), cut to ``length`` hex digits."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def as_before_bf16_auto(node: Any) -> Any:

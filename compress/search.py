@@ -14,8 +14,6 @@ compared with students of its kind and size, never stopped for learning slower t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import random
 import shutil
@@ -33,8 +31,8 @@ from compress.models import takes_argument
 from compress.teacher import model_size
 from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
                                removes_channels, trains)
-from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, as_before_bf16_auto, range_is_int,
-                             space_leaf, space_spec, with_values)
+from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, as_before_bf16_auto,
+                             fingerprint_of, range_is_int, space_leaf, space_spec, with_values)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -61,9 +59,7 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
     if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json"):
         del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
-    if before_bf16_auto:
-        resolved = as_before_bf16_auto(resolved)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    return fingerprint_of(as_before_bf16_auto(resolved) if before_bf16_auto else resolved)
 
 
 CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over_max")

@@ -46,10 +46,7 @@ def test_another_study_with_the_same_model_copies_it_instead_of_training(tiny_da
 
 @pytest.mark.parametrize("before_auto", [False, True])
 def test_a_baseline_kept_by_the_code_before_the_shared_cache_is_still_used(tiny_data, tmp_path, builds, before_auto):
-    import hashlib
     import json
-
-    from compress.recipe import as_before_bf16_auto
 
     r = _recipe()
     teacher, tinfo = load_teacher(r.teacher)
@@ -61,9 +58,8 @@ def test_a_baseline_kept_by_the_code_before_the_shared_cache_is_still_used(tiny_
                                 "prune.ratio": 0.5, "prune.finetune": r.search.baseline_finetune.model_dump(),
                                 "quantize.enabled": False})
     # (and before bf16: auto existed, when the same recipe's auto read true)
-    fp = hashlib.sha256(json.dumps(as_before_bf16_auto(pruned.to_dict()), sort_keys=True).encode()).hexdigest()[:12] \
-        if before_auto else pruned.fingerprint()
-    m["key"] = bl._digest({"recipe": fp, "data": tiny_data.fingerprint, "teacher": tinfo["sha256"]})
+    m["key"] = bl._digest({"recipe": pruned.fingerprint(before_bf16_auto=before_auto), "data": tiny_data.fingerprint,
+                           "teacher": tinfo["sha256"]})
     meta.write_text(json.dumps(m))
     for entry in (tmp_path / "cache").iterdir():  # and nothing in the shared cache to fall back on
         for f in entry.iterdir():
