@@ -19,7 +19,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
-from compress.io import read_json, write_json_atomic
+from compress.io import copy_atomic, read_json, write_json_atomic
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
 from compress.recipe import Recipe, fingerprint_of, with_values
 
@@ -50,8 +50,7 @@ def _cached(folder: Path, keys: list[dict], build) -> Stage:
     shared = CACHE_DIR / digests[0]
     if (shared / "stage.json").is_file() and (shared / "model.onnx").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shared / "model.onnx", folder / "model.onnx.tmp")
-        (folder / "model.onnx.tmp").replace(folder / "model.onnx")
+        copy_atomic(shared / "model.onnx", folder / "model.onnx")
         m = read_json(shared / "stage.json")
         write_json_atomic(meta, m)
         tqdm.write(f"baseline {m['name']}: the same model as in {shared} (same teacher, data and settings), copied")

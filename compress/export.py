@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch.nn as nn
 
 from compress.data import INPUT_SHAPE, Split
 from compress.errors import CompressError, ParityError
+from compress.io import copy_atomic
 from compress.spec import INPUT_NAME, OUTPUT_NAME
 
 
@@ -45,11 +45,10 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, input_shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = getattr(model, "path", None)
+    if source is not None and Path(source).suffix == ".onnx":  # an OnnxTeacher
+        return copy_atomic(source, path)
     # Written beside and moved into place: a neighbour worker reading ``path`` never sees half a file.
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    if source is not None and Path(source).suffix == ".onnx":  # an OnnxTeacher
-        shutil.copyfile(source, tmp)
-        return tmp.replace(path)
     model = model.eval().to(memory_format=torch.contiguous_format)
     errors = []
     # dynamo specialises a dimension of size 1, so its example batch is 2.

@@ -34,6 +34,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def copy_atomic(source: str | Path, path: str | Path) -> Path:
+    """Copy ``source`` to ``path`` through a file beside it: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    shutil.copyfile(source, tmp)
+    return tmp.replace(path)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
