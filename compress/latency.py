@@ -205,17 +205,22 @@ def _input_for(sess, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int = 1, threads: int = 1,
-            device: str = "cpu", backend: str | None = None) -> dict[str, LatencyStats]:
+            device: str = "cpu", backend: str | None = None, bounded: bool = False) -> dict[str, LatencyStats]:
     """Time several ONNX models interleaved in this process; one LatencyStats per name.
 
     A set whose p50 or p95 confidence interval is still too wide at the cap is measured again with twice the time.
+    ``bounded``: a throughput figure, not a tail percentile: the warm-up after ``cfg.warmup_runs`` lasts at
+    most ``cfg.max_seconds`` and a noisy set is not measured again, so a setting costs about the warm-up runs
+    + max(``cfg.min_runs`` runs, ``cfg.max_seconds``) whatever the model (a teacher's 0.5 s batch-128 setting
+    took 88 s unbounded).
     """
     with measuring(), pinned(threads), _gc_paused():  # neighbours on this host pause meanwhile
         runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
-        medians = [_warm_up(run, cfg.warmup_runs) for run in runners.values()]
+        medians = [_warm_up(run, cfg.warmup_runs, max_s=cfg.max_seconds if bounded else None)
+                   for run in runners.values()]
         size = _round_size(medians)
         result: dict[str, LatencyStats] = {}
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(1, (1 if bounded else ATTEMPTS) + 1):
             samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads, size)
             result = {k: replace(stats_from_samples(v, batch_size, threads), attempts=attempt) for k, v in samples.items()}
             if not any(s.noisy for s in result.values()):
@@ -259,11 +264,13 @@ def _round_size(medians_ms: list[float]) -> tuple[int, int]:
     return runs, min(REWARM, max(1, runs // 5))
 
 
-def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> float:
+def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25, max_s: float | None = None) -> float:
     """``runs`` untimed runs, then windows of ``window`` until two successive window medians agree within 2%
-    (caches, allocator and clock have settled), at most ``max_windows`` windows; returns the last median (ms)."""
+    (caches, allocator and clock have settled), at most ``max_windows`` windows, and after the untimed runs
+    at most ``max_s`` seconds when given; returns the last median (ms)."""
     for _ in range(runs):
         run()
+    deadline = math.inf if max_s is None else time.perf_counter() + max_s
     prev = None
     for _ in range(max_windows):
         times = []
@@ -271,8 +278,10 @@ def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25) -> float:
             t0 = time.perf_counter_ns()
             run()
             times.append(time.perf_counter_ns() - t0)
+            if time.perf_counter() > deadline:
+                break
         med = float(np.median(times))
-        if prev is not None and abs(med - prev) <= 0.02 * prev:
+        if (prev is not None and abs(med - prev) <= 0.02 * prev) or time.perf_counter() > deadline:
             return med / 1e6
         prev = med
     return prev / 1e6 if prev is not None else 0.0
@@ -350,11 +359,11 @@ def _provider(device: str) -> str:
 
 
 def sweep(models: dict[str, str | Path], cfg: LatencyConfig, batch_sizes: list[int], threads: list[int],
-          device: str = "cpu", backend: str | None = None) -> list[dict]:
+          device: str = "cpu", backend: str | None = None, bounded: bool = False) -> list[dict]:
     """``compare`` at every (batch size, threads) pair; one row per model and pair."""
     rows = []
     for t in threads:
         for b in batch_sizes:
-            res = compare(models, cfg, b, t, device, backend)
+            res = compare(models, cfg, b, t, device, backend, bounded)
             rows += [{"model": k, **s.to_dict()} for k, s in res.items()]
     return rows

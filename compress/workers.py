@@ -190,6 +190,7 @@ class Progress:
             h = trial.user_attrs.get("halving")
             if h:
                 what += (f" (promoted: short schedule gave {100 * h['short_val_accuracy']:.2f}%)" if h["promoted"] else
+                         " (short schedule: the time budget ends before its full one)" if h.get("late") else
                          " (short schedule, not promoted)")
         else:
             what = trial.state.name.lower()

@@ -119,3 +119,43 @@ def test_a_search_with_halving_trains_short_first_and_records_what_each_model_ha
         assert train["epochs"] == 8 and train["restart_epochs"] == 2
     else:
         assert train["epochs"] == 2 and "restart_epochs" not in train
+
+
+def test_promotion_waits_for_the_time_budget(monkeypatch):
+    """A rung winner goes on only when the rest of its full schedule, at its short schedule's pace, ends within
+    search.timeout_s of the study's busy time."""
+    from compress import workers
+    from compress.search import rest_overruns
+
+    r = _recipe("search.halving.enabled=true", "distill.train.epochs=8", "prune.finetune.epochs=4",
+                "search.timeout_s=600")
+    cnn = with_values(r, {"prune.enabled": True})
+    short = short_schedule(cnn)  # 2 of 8 distillation epochs, 1 of 4 fine-tuning ones
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    monkeypatch.setattr(workers, "busy_seconds", lambda trials: 400.0)  # 200 s of the budget left
+    # 60 s for 2 epochs: the 6 + 3 epochs left take ~270 s at 30 s an epoch, past the budget.
+    why = rest_overruns(study, cnn, short, 60.0)
+    assert "~4.5 min" in why and "3.3 min left" in why
+    assert rest_overruns(study, cnn, short, 40.0) is None  # 9 x 20 s = 180 s: fits
+    assert rest_overruns(study, with_values(cnn, {"search.timeout_s": None}), short, 60.0) is None  # no budget
+
+
+@pytest.mark.timeout(600)
+def test_a_rung_winner_past_the_budget_is_finished_as_its_short_schedule(tmp_path, capsys):
+    r = _recipe(f"output_dir={tmp_path}", "search.halving.enabled=true", "distill.train.epochs=4",
+                "search.baselines=false", "capacity.enabled=false", "search.n_trials=3", "search.timeout_s=0.001",
+                "search.space={student.width: 8, prune.enabled: [false], quantize.enabled: [false]}")
+    summary = run_study(r)
+    trials = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db").trials
+    # The first trial starts (no time spent yet) and wins its rung as the first of its tier, but its budget is
+    # gone by then: it keeps its short schedule, and no trial starts after it.
+    assert len(trials) == 1
+    h = trials[0].user_attrs["halving"]
+    assert h["promoted"] is False and "time budget" in h["late"]
+    assert trials[0].user_attrs["overrides"] == {"distill.train.epochs": 1}
+    assert summary["n_trials_short_schedule"] == summary["n_trials_short_for_budget"] == 1
+    assert "would end after the study's time budget" in capsys.readouterr().out
+    from compress.study import print_study_summary
+
+    print_study_summary(summary)
+    assert "1 kept their short schedule (1 of them for the time budget)" in capsys.readouterr().out

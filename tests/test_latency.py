@@ -115,3 +115,31 @@ def test_rounds_shrink_for_slow_models_only():
     assert _round_size([0.2, 2.3]) == (ROUND, REWARM)  # the study's final measurement: full rounds
     assert _round_size([0.2, 10.0]) == (12, 2)
     assert _round_size([150.0]) == (1, 1)  # a batch-128 teacher: one run a round, one re-warm
+
+
+def test_bounded_measurement_warms_up_within_its_time_and_measures_once(monkeypatch):
+    """The capacity sweep's settings (a throughput): a slow model's warm-up stops at the time bound instead of
+    running windows of 20 until two agree, and a noisy set is not measured a second time."""
+    import time
+
+    from compress import latency
+
+    calls = []
+
+    def slow():  # 20 ms a run, alternating 10 and 30: two window medians never settle, p95 stays wide
+        calls.append(1)
+        time.sleep(0.01 if len(calls) % 2 else 0.03)
+
+    latency._warm_up(slow, 2, max_s=0.1)
+    assert len(calls) <= 2 + 0.1 / 0.01 + 1  # 2 untimed runs, then at most the time bound's worth
+    calls.clear()
+    latency._warm_up(slow, 2, max_windows=3)  # unbounded: whole windows
+    assert len(calls) >= 2 + 2 * 20
+
+    rng = np.random.default_rng(0)
+    bimodal = lambda: time.sleep(rng.choice([0.0005, 0.004]))  # noqa: E731
+    monkeypatch.setattr(latency, "runner", lambda *a, **k: bimodal)
+    cfg = LatencyConfig(warmup_runs=2, min_runs=20, max_runs=100, max_seconds=0.05)
+    bounded = compare({"m": "unused.onnx"}, cfg, bounded=True)["m"]
+    assert bounded.noisy and bounded.attempts == 1
+    assert compare({"m": "unused.onnx"}, cfg)["m"].attempts == 2  # the latency protocol measures it again
