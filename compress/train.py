@@ -69,6 +69,66 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     return on
 
 
+_formats: dict[tuple, torch.memory_format] = {}
+
+
+def training_format(model: nn.Module, batch_shape: tuple[int, ...], device: torch.device) -> torch.memory_format:
+    """The memory format a CPU fp32 training step of ``model`` runs faster in, timed on a copy (1 step to warm
+    up, then 3 steps each, alternating; median) once per architecture, batch shape and thread count in this
+    process, so that every model of one architecture trains alike. Neither wins everywhere: on an AVX2 EPYC,
+    channels_last made the default teacher pruned by 0.5 1.33x faster a step and the 12-wide 2-deep CNN 1.12x
+    slower. Elsewhere (feature vectors, a GPU) contiguous, as before."""
+    import statistics
+
+    if len(batch_shape) != 4 or device.type != "cpu":
+        return torch.contiguous_format
+    sig = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), batch_shape,
+           torch.get_num_threads())
+    if sig in _formats:
+        return _formats[sig]
+    x = torch.randn(batch_shape, generator=torch.Generator().manual_seed(0))
+    times: dict[torch.memory_format, list[float]] = {torch.contiguous_format: [], torch.channels_last: []}
+    try:
+        with torch.random.fork_rng(devices=[]):  # the training's random stream is left as it was
+            _time_steps(model, x, times)
+    except Exception:  # a model this probe cannot drive (odd outputs, not copyable): train it as it is
+        _formats[sig] = torch.contiguous_format
+        return torch.contiguous_format
+    n = min(len(t) for t in times.values())
+    med = {fmt: statistics.median(t[1:n]) for fmt, t in times.items()}
+    best = min(med, key=med.get)
+    _formats[sig] = best
+    if best == torch.channels_last:
+        tqdm.write(f"training {type(model).__name__} in channels_last: {med[torch.contiguous_format] / med[best]:.2f}x "
+                   "faster a step than contiguous on this CPU")
+    return best
+
+
+def _time_steps(model: nn.Module, x: torch.Tensor, times: dict) -> None:
+    """Training steps of a copy of ``model`` in each memory format of ``times``, alternating: 1 to warm up,
+    then 3 timed (1 when a step takes over a second: enough to tell, and cheap next to an epoch)."""
+    import copy
+    import time
+
+    setups = []
+    for fmt in times:
+        m = copy.deepcopy(model).to(memory_format=fmt).train()
+        setups.append((fmt, m, torch.optim.SGD(m.parameters(), lr=1e-3), x.contiguous(memory_format=fmt)))
+    rounds, rnd = 4, 0
+    while rnd < rounds:
+        for fmt, m, opt, xb in setups:
+            t0 = time.perf_counter()
+            out = m(xb)
+            loss = F.cross_entropy(out, torch.zeros(len(out), dtype=torch.long))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times[fmt].append(time.perf_counter() - t0)
+            if not rnd and times[fmt][0] > 1.0:
+                rounds = 2
+        rnd += 1
+
+
 @torch.no_grad()
 def iter_logits(model: nn.Module, split: Split, batch_size: int = 1000):
     """(index, logits on the CPU) batch by batch, computed on the model's device."""
@@ -139,7 +199,10 @@ def train_(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
     bf16 = use_bf16(cfg.bf16, device)
-    fmt = torch.channels_last if bf16 and train.raw.dim() == 4 else torch.contiguous_format
+    if bf16 and train.raw.dim() == 4:
+        fmt = torch.channels_last
+    else:
+        fmt = training_format(model, (min(cfg.batch_size, len(train)), *train.raw.shape[1:]), device)
     model.to(device=device, memory_format=fmt)
     history: list[float] = []
     for epoch in range(cfg.epochs):

@@ -119,3 +119,51 @@ def test_restart_must_fall_inside_the_schedule():
     with pytest.raises(ValueError, match=r"restart_epochs \(4\) must be below epochs \(4\)"):
         TrainConfig(epochs=4, restart_epochs=4)
     assert "restart_epochs" not in TrainConfig(epochs=4).model_dump()  # recipes made before it are unchanged
+
+
+def test_cpu_fp32_training_takes_the_memory_format_whose_step_was_faster(monkeypatch):
+    from compress import train
+    from compress.models import create_model
+
+    cpu = torch.device("cpu")
+    model = create_model("cnn", width=4, depth=1)
+    probes = []
+
+    def fake(m, x, times, slow=torch.contiguous_format):  # contiguous 3x slower a step
+        probes.append(tuple(x.shape))
+        for fmt in times:
+            times[fmt] += [1.0, 3.0 if fmt == slow else 1.0, 3.0 if fmt == slow else 1.0]
+
+    monkeypatch.setattr(train, "_formats", {})
+    monkeypatch.setattr(train, "_time_steps", fake)
+    assert train.training_format(model, (16, 1, 28, 28), cpu) == torch.channels_last
+    # Once per architecture, batch shape and thread count: every model of the kind then trains alike.
+    assert train.training_format(create_model("cnn", width=4, depth=1), (16, 1, 28, 28), cpu) == torch.channels_last
+    assert len(probes) == 1
+    monkeypatch.setattr(train, "_time_steps", lambda m, x, t: fake(m, x, t, slow=torch.channels_last))
+    assert train.training_format(model, (32, 1, 28, 28), cpu) == torch.contiguous_format
+    # Feature vectors and GPUs are not probed; a model the probe cannot drive trains as it is.
+    assert train.training_format(model, (16, 784), cpu) == torch.contiguous_format
+    assert train.training_format(model, (16, 1, 28, 28), torch.device("cuda")) == torch.contiguous_format
+    assert len(probes) == 2
+
+    def broken(m, x, times):
+        raise RuntimeError("forward wants two inputs")
+
+    monkeypatch.setattr(train, "_time_steps", broken)
+    assert train.training_format(create_model("cnn", width=8, depth=1), (16, 1, 28, 28), cpu) == torch.contiguous_format
+
+
+def test_the_memory_format_probe_leaves_the_model_and_the_random_stream_alone(monkeypatch):
+    from compress import train
+    from compress.models import create_model
+
+    monkeypatch.setattr(train, "_formats", {})
+    model = create_model("cnn", width=4, depth=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    train.training_format(model, (8, 1, 28, 28), torch.device("cpu"))  # real training steps, on copies
+    after_probe = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_probe, torch.rand(3))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
