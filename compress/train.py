@@ -76,8 +76,9 @@ def training_format(model: nn.Module, batch_shape: tuple[int, ...], device: torc
     """The memory format a CPU fp32 training step of ``model`` runs faster in, timed on a copy (1 step to warm
     up, then 3 steps each, alternating; median) once per architecture, batch shape and thread count in this
     process, so that every model of one architecture trains alike. Neither wins everywhere: on an AVX2 EPYC,
-    channels_last made the default teacher pruned by 0.5 1.33x faster a step and the 12-wide 2-deep CNN 1.12x
-    slower. Elsewhere (feature vectors, a GPU) contiguous, as before."""
+    channels_last made a step of the default teacher pruned by 0.5 1.28x faster (results/bf16_cpu.json), and
+    one of the 12-wide 2-deep CNN 1.10x faster in one run, 1.12x slower in another. Elsewhere (feature
+    vectors, a GPU) contiguous, as before."""
     import statistics
 
     if len(batch_shape) != 4 or device.type != "cpu":
