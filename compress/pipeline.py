@@ -186,7 +186,8 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path)
 
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
                      on_epoch: Callable[[int, float], None] | None = None,
-                     at_restart: Callable[[float], bool] | None = None, short: dict | None = None) -> list[Stage]:
+                     at_restart: Callable[[float, float], bool] | None = None,
+                     short: dict | None = None) -> list[Stage]:
     """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made.
 
     A scratch student is distilled with ``distill.train``, then pruned and fine-tuned with

@@ -17,7 +17,6 @@ import dataclasses
 import math
 import random
 import shutil
-import time
 import warnings
 from typing import Any
 
@@ -156,11 +155,10 @@ def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float) ->
 
 
 def rest_overruns(study: optuna.Study, recipe: Recipe, short: dict[str, int], short_s: float) -> str | None:
-    """Why a candidate promoted after its short schedule (``short_s`` seconds, from building the student) is
-    finished as that schedule anyway, or None: the rest of its full schedule, at the short one's pace per epoch
-    (an overestimate for the later, pruned schedule and when the short one included computing the teacher's
-    logits), would end after ``search.timeout_s`` of the study's busy time. Without this, the last
-    candidate of the default study ran 3.5 minutes past its 15 (AVX2 machine)."""
+    """Why a candidate promoted after its short schedule (``short_s`` seconds of training) is finished as that
+    schedule anyway, or None: the rest of its full schedule, at the short one's pace per epoch (an overestimate
+    for a later, pruned schedule), would end after ``search.timeout_s`` of the study's busy time. Without
+    this, the last candidate of the default study ran 3.5 minutes past its 15 (AVX2 machine)."""
     from compress.workers import busy_seconds
 
     budget = recipe.search.timeout_s
@@ -315,10 +313,10 @@ class Objective:
             restart = {f"{first}.restart_epochs": short[f"{first}.epochs"]}
             r = with_values(r, restart)
 
-            def at_restart(acc: float) -> bool:
+            def at_restart(acc: float, seconds: float) -> bool:
                 promoted, rung = promote(self.study, self.recipe, tier, acc)
                 trial.set_user_attr("rung", rung)
-                late = promoted and rest_overruns(self.study, r, short, time.time() - started)
+                late = promoted and rest_overruns(self.study, r, short, seconds)
                 halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": promoted and not late}
                 trial.set_user_attr("halving", {**halving, **({"late": late} if late else {})})
                 # The epochs its model had, so that its recipe says how it was made.
@@ -342,7 +340,6 @@ class Objective:
                 curves.tell(curve, state=TrialState.PRUNED)
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
 
-        started = time.time()
         try:
             stages = self._compress(r, work, trial, on_epoch, at_restart, short)
         except optuna.TrialPruned:

@@ -7,6 +7,7 @@ after every epoch, passed to ``on_epoch`` so a search can prune a hopeless trial
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -109,7 +110,6 @@ def _time_steps(model: nn.Module, x: torch.Tensor, times: dict) -> None:
     """Training steps of a copy of ``model`` in each memory format of ``times``, alternating: 1 to warm up,
     then 3 timed (1 when a step takes over a second: enough to tell, and cheap next to an epoch)."""
     import copy
-    import time
 
     setups = []
     for fmt in times:
@@ -176,13 +176,13 @@ def train_(
     seed: int = 0,
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
-    at_restart: Callable[[float], bool] | None = None,
+    at_restart: Callable[[float, float], bool] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``cfg.device``; returns the validation accuracy after each epoch (empty
     without ``val``). The model is back on the CPU, in eval mode, when this returns.
 
-    With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy is passed to
-    ``at_restart`` when that cycle ends; when it returns False training stops there, and the model is the
+    With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy and its seconds of
+    training (its epochs and their validation) are passed to ``at_restart`` when that cycle ends; when it returns False training stops there, and the model is the
     one a ``restart_epochs``-epoch schedule makes (same seed, same batches, same learning rates)."""
     device = resolve_device(cfg.device)
     kinds = cfg.augmentations
@@ -206,6 +206,7 @@ def train_(
         fmt = training_format(model, (min(cfg.batch_size, len(train)), *train.raw.shape[1:]), device)
     model.to(device=device, memory_format=fmt)
     history: list[float] = []
+    started = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
         bar = tqdm(batches(train, cfg.batch_size, gen), total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}",
@@ -240,7 +241,7 @@ def train_(
                 on_epoch(epoch, acc)
         tqdm.write(msg)
         if at_restart is not None and epoch + 1 == cfg.restart_epochs and val is not None \
-                and not at_restart(history[-1]):
+                and not at_restart(history[-1], time.perf_counter() - started):
             break
     model.to(device="cpu", memory_format=torch.contiguous_format)
     model.eval()

@@ -46,7 +46,8 @@ def test_a_candidate_not_promoted_is_what_its_short_recipe_makes(tiny_data, tmp_
     teacher, tinfo = load_teacher(r.teacher)
     asked = []
     stopped = compress_student(with_values(r, {"distill.train.restart_epochs": 1}), tiny_data, teacher, tinfo,
-                               tmp_path / "stopped", at_restart=lambda acc: asked.append(acc) or False, short=short)
+                               tmp_path / "stopped", at_restart=lambda acc, s: asked.append(acc) or False,
+                               short=short)
     made = compress_student(with_values(r, short), tiny_data, teacher, tinfo, tmp_path / "short")
     assert len(asked) == 1 and [s.name for s in stopped] == [s.name for s in made]
     x = tiny_data.val.inputs().numpy()

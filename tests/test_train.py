@@ -92,12 +92,12 @@ def test_a_warm_restart_stopped_after_its_first_cycle_is_the_short_schedule(tiny
     train_(short, split, TrainConfig(epochs=1, **cfg), val=tiny_data.val)
     seen = []
     hist = train_(stopped, split, TrainConfig(epochs=3, restart_epochs=1, **cfg), val=tiny_data.val,
-                  at_restart=lambda acc: seen.append(acc) or False)
+                  at_restart=lambda acc, s: seen.append(acc) or False)
     assert len(hist) == 1 and seen == hist
     for a, b in zip(_weights(short), _weights(stopped)):
         assert torch.equal(a, b)
     hist = train_(full, split, TrainConfig(epochs=3, restart_epochs=1, **cfg), val=tiny_data.val,
-                  at_restart=lambda acc: True)
+                  at_restart=lambda acc, s: True)
     assert len(hist) == 3 and hist[0] == seen[0]
     assert any(not torch.equal(a, b) for a, b in zip(_weights(short), _weights(full)))
 
