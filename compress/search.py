@@ -317,14 +317,17 @@ class Objective:
                 promoted, rung = promote(self.study, self.recipe, tier, acc)
                 trial.set_user_attr("rung", rung)
                 late = promoted and rest_overruns(self.study, r, short, seconds)
-                halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": promoted and not late}
-                trial.set_user_attr("halving", {**halving, **({"late": late} if late else {})})
+                goes_on = promoted and not late
+                halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on}
+                if late:
+                    halving["late"] = late
+                trial.set_user_attr("halving", halving)
                 # The epochs its model had, so that its recipe says how it was made.
-                trial.set_user_attr("overrides", restart if halving["promoted"] else short)
+                trial.set_user_attr("overrides", restart if goes_on else short)
                 tqdm.write(f"trial {trial.number}: short schedule val_acc {acc:.4f} in tier {tier}: " + (
                     f"{late}: finished as the short schedule" if late else "promoted, training goes on"
                     if promoted else "not promoted, finished as the short schedule"))
-                return halving["promoted"]
+                return goes_on
         curves = self._curves(tier)
         with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
             warnings.simplefilter("ignore", UserWarning)

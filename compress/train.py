@@ -182,7 +182,8 @@ def train_(
     without ``val``). The model is back on the CPU, in eval mode, when this returns.
 
     With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy and its seconds of
-    training (its epochs and their validation) are passed to ``at_restart`` when that cycle ends; when it returns False training stops there, and the model is the
+    training (its epochs and their validation) are passed to ``at_restart`` when that cycle ends; when it
+    returns False training stops there, and the model is the
     one a ``restart_epochs``-epoch schedule makes (same seed, same batches, same learning rates)."""
     device = resolve_device(cfg.device)
     kinds = cfg.augmentations
