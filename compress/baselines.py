@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.io import copy_atomic, read_json, write_json_atomic
+from compress.latency import backend_for
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
 from compress.recipe import Recipe, fingerprint_of, with_values
 
@@ -38,7 +39,7 @@ def _stage(folder: Path, m: dict) -> Stage:
     return Stage(m["name"], folder / "model.onnx", m["macs"], m["params"], m["int8"], m["parity"])
 
 
-def _cached(folder: Path, keys: list[dict], build) -> Stage:
+def _cached(folder: Path, keys: list[dict], build, label: str = "baseline") -> Stage:
     """The stage in ``folder`` when it was made under one of ``keys`` (the first is current, the others
     what older code keyed it by), else a copy from the shared cache, else ``build(folder)`` (then cached)."""
     digests = [_digest(k) for k in keys]
@@ -53,7 +54,7 @@ def _cached(folder: Path, keys: list[dict], build) -> Stage:
         copy_atomic(shared / "model.onnx", folder / "model.onnx")
         m = read_json(shared / "stage.json")
         write_json_atomic(meta, m)
-        tqdm.write(f"baseline {m['name']}: the same model as in {shared} (same teacher, data and settings), copied")
+        tqdm.write(f"{label} {m['name']}: the same model as in {shared} (same teacher, data and settings), copied")
         return _stage(folder, m)
     folder.mkdir(parents=True, exist_ok=True)
     stage = build(folder)
@@ -85,7 +86,8 @@ def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
             "reduce_range": reduce_range(r.quantize) if r.quantize.enabled else None}
 
 
-def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path,
+           label: str = "baseline") -> Stage:
     """The last model ``compress_student`` makes of ``r``, cached under ``root/name`` and ``CACHE_DIR``."""
 
     def build(folder: Path) -> Stage:
@@ -94,7 +96,22 @@ def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict,
     # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
     legacy = [{"recipe": r.fingerprint(before_bf16_auto=before), "data": data.fingerprint, "teacher": tinfo["sha256"]}
               for before in (False, True)]
-    return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, *legacy], build)
+    return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, *legacy], build, label)
+
+
+def full_schedule(r: Recipe, name: str, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+    """``r`` trained on its whole schedule: the chosen candidate that search.halving kept to its short one
+    (compress.study), cached like a baseline so that a report run again does not train it again."""
+    return _built(name, r, data, teacher, tinfo, root, label="model")
+
+
+def unmeasurable(recipe: Recipe) -> dict[str, str]:
+    """The baselines the latency target cannot run, each with why: int8 graphs on CUDA without
+    onnxruntime-gpu (PyTorch measures there, fp32 only)."""
+    if backend_for(recipe.target.device) != "torch":
+        return {}
+    return {"teacher_int8": f"latency on target.device {recipe.target.device!r} is measured with PyTorch, "
+                            "which cannot run int8 ONNX graphs (install onnxruntime-gpu to compare it)"}
 
 
 def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:

@@ -150,6 +150,21 @@ def _is_int8(proto) -> bool:
     return bool(ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"})
 
 
+def _inline_shared_initializers(proto) -> None:
+    """torch.onnx stores a weight tensor once and feeds its other users through Identity nodes (two equal conv
+    biases of an untrained network, say); onnx2torch wants a Conv's weights and bias as initializers, so
+    each such Identity becomes an initializer of its own."""
+    import onnx
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.initializer.append(copy)
+        proto.graph.node.remove(node)
+
+
 class _OrtRunner:
     """One synchronous ONNX Runtime inference on a fixed random input."""
 
@@ -179,6 +194,7 @@ class _TorchRunner:
                 "(and leave quantize.enabled out of search.space)")
         self.torch, self.device = torch, torch.device(device)
         torch.set_num_threads(threads)
+        _inline_shared_initializers(proto)
         self.model = convert(proto).to(self.device).eval()
         dims = proto.graph.input[0].type.tensor_type.shape.dim
         shape = [batch_size] + [int(d.dim_value) for d in dims[1:]]

@@ -26,7 +26,7 @@ from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
 from compress.pipeline import machine_info, model_metrics, prepare, removes_channels, summarize, trains
-from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, with_values
+from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, space_leaf, with_values
 from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
 from compress.search import constraint_values, constraints, storage_url
@@ -80,6 +80,55 @@ def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
     """The recipe that made a trial's model: the study's, its parameters, and (search.halving) the short
     schedule's epochs when it had only those, or the restart that the promoted one went on from."""
     return with_values(recipe, {**rec["params_"], **rec.get("overrides", {})})
+
+
+def _still_pareto(front: list[dict], chosen: dict | None = None) -> list[dict]:
+    """The members not dominated after their numbers changed (and the chosen one, which stays); the others
+    leave the reported front."""
+    keep = set(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in front]))
+    for i, r in enumerate(front):
+        r["pareto"] = i in keep or r is chosen
+    return [r for r in front if r["pareto"]]
+
+
+def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_val: float, target) -> dict | None:
+    """Cheap early, exact late: search.halving leaves most candidates on their short schedule, and a promoted
+    one too when its full schedule would overrun search.timeout_s; search.train_fraction trains every candidate
+    on part of the training split. The model handed over gets what the recipe asks for: its full schedule, on
+    the whole split (``data``). It replaces the trial's model when at least as accurate on the validation split
+    and meeting what that one met; summary.json's ``full_schedule`` says what happened. None when the chosen
+    trial had its full schedule on the whole split already."""
+    fraction = recipe.search.train_fraction
+    if chosen.get("schedule") != "short" and fraction >= 1:
+        return None
+    full = with_values(recipe, chosen["params_"])
+    cut = [f"{k} {v} of {space_leaf(full, k)}" for k, v in chosen["overrides"].items()
+           if chosen.get("schedule") == "short" and v != space_leaf(full, k)]
+    cut += [f"{fraction:g} of the training split"] if fraction < 1 else []
+    tqdm.write(f"chosen trial #{chosen['trial']} was trained on {', '.join(cut)}: training it on its full schedule "
+               "and the whole training split, the model handed over")
+    started = time.time()
+    stage = bl.full_schedule(full, f"trial_{chosen['trial']}_full", data, teacher, tinfo, recipe.out_path / "full_schedule")
+    alone = measure(stage.onnx, recipe.latency, *target)
+    rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
+           **model_metrics(stage, data, alone), "artifact_path": str(stage.onnx), "latency_measured": "final"}
+    rec["constraint"] = constraint_values(rec["val_accuracy"], rec["latency_p95_ms"], rec["throughput_sps"],
+                                          teacher_val, recipe)
+    rec["feasible"] = max(rec["constraint"]) <= 0
+    better = rec["val_accuracy"] >= chosen["val_accuracy"] and rec["feasible"] >= chosen["feasible"]
+    result = {"trial": chosen["trial"], "trial_schedule": chosen["overrides"] if chosen.get("schedule") == "short" else {},
+              "trial_train_fraction": fraction, "trial_val_accuracy": chosen["val_accuracy"],
+              "full_val_accuracy": rec["val_accuracy"], "full_latency_p95_ms": rec["latency_p95_ms"],
+              "full_feasible": rec["feasible"], "handed_over": "full" if better else "trial",
+              "seconds": round(time.time() - started, 1)}
+    tqdm.write(f"trial #{chosen['trial']} on its full schedule: val {100 * rec['val_accuracy']:.2f}% (the trial's "
+               f"{100 * chosen['val_accuracy']:.2f}%), p95 {rec['latency_p95_ms']:.3f} ms: handing over "
+               f"{'the fully trained model' if better else 'the trial model'}")
+    if better:
+        chosen.clear()
+        chosen.update(rec, overrides={}, schedule="full (after the search)")
+    chosen["full_schedule"] = result
+    return result
 
 
 def _with_latency(rec: dict, alone, interleaved) -> dict:
@@ -173,14 +222,14 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                                             teacher_rec["val_accuracy"], recipe)
         r["feasible"] = max(r["constraint"]) <= 0
     trial_time_front = {r["trial"] for r in front}  # their files stay: a resumed study starts from this front
-    # The exact numbers can reorder close neighbours: a member now dominated leaves the reported front.
-    keep = set(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in front]))
-    for i, r in enumerate(front):
-        r["pareto"] = i in keep
-    front = [r for r in front if r["pareto"]]
+    front = _still_pareto(front)  # the exact numbers can reorder close neighbours
     chosen = _choose(front)
     chosen["chosen"] = True
     clock.lap("final_latency")
+    full_schedule = _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_rec["val_accuracy"], target)
+    if full_schedule:
+        clock.lap("full_schedule")
+        front = _still_pareto(front, chosen)  # the fully trained model may dominate a neighbour
 
     refs_stages, refs_failed = {}, {}
     if recipe.search.baselines:
@@ -188,9 +237,14 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                    "(each kept per study and in .cache/baselines/)")
         root = out / "baselines"
         chosen_recipe = recipe_of(recipe, chosen)
+        unmeasurable = bl.unmeasurable(recipe)
         for name, build in (("teacher_int8", lambda: bl.teacher_int8(recipe, data, teacher, tinfo, root)),
                             ("teacher_pruned", lambda: bl.teacher_pruned(recipe, data, teacher, tinfo, root)),
                             ("student_no_kd", lambda: bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root))):
+            if name in unmeasurable:
+                refs_failed[name] = unmeasurable[name]
+                tqdm.write(f"baseline {name} not built: {refs_failed[name]}")
+                continue
             try:
                 stage = build()
             except CompressError as err:  # e.g. int8 failing its parity gate, a teacher that cannot be pruned
@@ -233,6 +287,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     summary = _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock)
     summary.update(comparisons)
     summary["baselines_failed"] = refs_failed
+    summary["full_schedule"] = full_schedule  # null: the chosen trial had its full schedule during the search
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
     chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]

@@ -67,3 +67,15 @@ def test_a_baseline_kept_by_the_code_before_the_shared_cache_is_still_used(tiny_
         entry.rmdir()
     bl.teacher_pruned(r, tiny_data, teacher, tinfo, root)
     assert builds == [1]
+
+
+def test_the_int8_teacher_is_left_out_where_the_target_cannot_run_int8(monkeypatch):
+    """CUDA without onnxruntime-gpu: PyTorch measures, fp32 only, so the int8 teacher is not built (on an
+    H200 it was built and then failed the final measurement, after all the study's work)."""
+    from compress.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"name": "x", "quantize": {"enabled": False}})
+    assert bl.unmeasurable(recipe) == {}
+    monkeypatch.setattr(bl, "backend_for", lambda device: "torch")
+    assert set(bl.unmeasurable(recipe)) == {"teacher_int8"}
+    assert "onnxruntime-gpu" in bl.unmeasurable(recipe)["teacher_int8"]

@@ -116,6 +116,24 @@ def test_capacity_markdown_compares_gpu_and_cpu_when_measured():
     assert "no GPU measurement exists" in capacity_markdown([plan], recipe)
 
 
+def test_torch_backend_runs_a_graph_whose_equal_weights_torch_onnx_stored_once(tmp_path):
+    """An untrained 2-deep CNN has equal conv biases, which torch.onnx stores once and shares through Identity
+    nodes; onnx2torch wants each bias as an initializer (it failed on an H200 before they were inlined)."""
+    import onnx
+    import torch
+
+    from compress.export import export_onnx
+    from compress.latency import _TorchRunner
+    from compress.models import create_model
+
+    model = create_model("cnn", width=16, depth=2).eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    assert "Identity" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    run = _TorchRunner(path, batch_size=4, threads=1, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(run.x), model(run.x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_cuda_latency_measurement(tmp_path):
     from compress.export import export_onnx

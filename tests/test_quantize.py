@@ -1,5 +1,6 @@
 import onnx
 import pytest
+import torch
 
 from compress.data import calibration_inputs
 from compress.export import check_parity, export_onnx
@@ -40,6 +41,9 @@ def test_qoperator_format_emits_qlinear_ops(tmp_path, tiny_data):
 def test_int8_agreement_gate_raises_with_the_numbers(tmp_path, tiny_data):
     from compress.errors import ParityError
 
+    # Seeded: an untrained CNN from some initialisations predicts one class whatever its input, so clipping
+    # changes no prediction (the global RNG's state, which depends on the tests run before, gave one on an H200).
+    torch.manual_seed(1)
     model = create_model("cnn", width=8, depth=1).eval()
     fp32 = export_onnx(model, tmp_path / "fp32.onnx")
     calib, _ = calibration_inputs(tiny_data.train, 16, seed=0)
