@@ -100,7 +100,8 @@ def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict,
 
 
 def full_schedule(r: Recipe, name: str, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
-    """``r`` trained on its whole schedule: the chosen candidate that search.halving kept to its short one
+    """``r`` trained on its whole schedule and ``data``'s whole training split: the chosen candidate that
+    search.halving kept to its short schedule or that trained on search.train_fraction of the split
     (compress.study), cached like a baseline so that a report run again does not train it again."""
     return _built(name, r, data, teacher, tinfo, root, label="model")
 
