@@ -19,6 +19,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
+from compress.errors import TargetError
 from compress.io import copy_atomic, read_json, write_json_atomic
 from compress.latency import backend_for
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
@@ -116,7 +117,11 @@ def unmeasurable(recipe: Recipe) -> dict[str, str]:
 
 
 def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
-    """The teacher, unpruned and untrained, quantized with the recipe's own quantize settings."""
+    """The teacher, unpruned and untrained, quantized with the recipe's own quantize settings; a TargetError,
+    before any work, where the latency target cannot run int8 graphs."""
+    why = unmeasurable(recipe).get("teacher_int8")
+    if why:
+        raise TargetError(why)
     r = with_values(recipe, {"student.model": TEACHER_FAMILY, "prune.enabled": False, "quantize.enabled": True})
     return _built("teacher_int8", r, data, teacher, tinfo, root)
 

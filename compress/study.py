@@ -82,6 +82,12 @@ def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
     return with_values(recipe, {**rec["params_"], **rec.get("overrides", {})})
 
 
+def _judge(r: dict, teacher_val: float, recipe: Recipe) -> None:
+    """The record's constraint values and feasibility, from its (re-)measured accuracy and latency."""
+    r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"], teacher_val, recipe)
+    r["feasible"] = max(r["constraint"]) <= 0
+
+
 def _still_pareto(front: list[dict], chosen: dict | None = None) -> list[dict]:
     """The members not dominated after their numbers changed (and the chosen one, which stays); the others
     leave the reported front."""
@@ -98,12 +104,12 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
     the whole split (``data``). It replaces the trial's model when at least as accurate on the validation split
     and meeting what that one met; summary.json's ``full_schedule`` says what happened. None when the chosen
     trial had its full schedule on the whole split already."""
-    fraction = recipe.search.train_fraction
-    if chosen.get("schedule") != "short" and fraction >= 1:
+    fraction, short = recipe.search.train_fraction, chosen.get("schedule") == "short"
+    if not short and fraction >= 1:
         return None
     full = with_values(recipe, chosen["params_"])
-    cut = [f"{k} {v} of {space_leaf(full, k)}" for k, v in chosen["overrides"].items()
-           if chosen.get("schedule") == "short" and v != space_leaf(full, k)]
+    trial_schedule = chosen["overrides"] if short else {}
+    cut = [f"{k} {v} of {space_leaf(full, k)}" for k, v in trial_schedule.items() if v != space_leaf(full, k)]
     cut += [f"{fraction:g} of the training split"] if fraction < 1 else []
     tqdm.write(f"chosen trial #{chosen['trial']} was trained on {', '.join(cut)}: training it on its full schedule "
                "and the whole training split, the model handed over")
@@ -112,11 +118,9 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
     alone = measure(stage.onnx, recipe.latency, *target)
     rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
            **model_metrics(stage, data, alone), "artifact_path": str(stage.onnx), "latency_measured": "final"}
-    rec["constraint"] = constraint_values(rec["val_accuracy"], rec["latency_p95_ms"], rec["throughput_sps"],
-                                          teacher_val, recipe)
-    rec["feasible"] = max(rec["constraint"]) <= 0
+    _judge(rec, teacher_val, recipe)
     better = rec["val_accuracy"] >= chosen["val_accuracy"] and rec["feasible"] >= chosen["feasible"]
-    result = {"trial": chosen["trial"], "trial_schedule": chosen["overrides"] if chosen.get("schedule") == "short" else {},
+    result = {"trial": chosen["trial"], "trial_schedule": trial_schedule,
               "trial_train_fraction": fraction, "trial_val_accuracy": chosen["val_accuracy"],
               "full_val_accuracy": rec["val_accuracy"], "full_latency_p95_ms": rec["latency_p95_ms"],
               "full_feasible": rec["feasible"], "handed_over": "full" if better else "trial",
@@ -218,9 +222,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     alone = {k: measure(p, recipe.latency, *target) for k, p in models.items()}
     for r in front:
         r.update(alone[f"trial_{r['trial']}"].record_fields(), latency_measured="final")
-        r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"],
-                                            teacher_rec["val_accuracy"], recipe)
-        r["feasible"] = max(r["constraint"]) <= 0
+        _judge(r, teacher_rec["val_accuracy"], recipe)
     trial_time_front = {r["trial"] for r in front}  # their files stay: a resumed study starts from this front
     front = _still_pareto(front)  # the exact numbers can reorder close neighbours
     chosen = _choose(front)
@@ -237,17 +239,13 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                    "(each kept per study and in .cache/baselines/)")
         root = out / "baselines"
         chosen_recipe = recipe_of(recipe, chosen)
-        unmeasurable = bl.unmeasurable(recipe)
         for name, build in (("teacher_int8", lambda: bl.teacher_int8(recipe, data, teacher, tinfo, root)),
                             ("teacher_pruned", lambda: bl.teacher_pruned(recipe, data, teacher, tinfo, root)),
                             ("student_no_kd", lambda: bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root))):
-            if name in unmeasurable:
-                refs_failed[name] = unmeasurable[name]
-                tqdm.write(f"baseline {name} not built: {refs_failed[name]}")
-                continue
             try:
                 stage = build()
-            except CompressError as err:  # e.g. int8 failing its parity gate, a teacher that cannot be pruned
+            except CompressError as err:  # e.g. int8 failing its parity gate or unmeasurable on the target, a
+                # teacher that cannot be pruned
                 refs_failed[name] = f"{type(err).__name__}: {err}"
                 tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
                 continue

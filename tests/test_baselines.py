@@ -79,3 +79,8 @@ def test_the_int8_teacher_is_left_out_where_the_target_cannot_run_int8(monkeypat
     monkeypatch.setattr(bl, "backend_for", lambda device: "torch")
     assert set(bl.unmeasurable(recipe)) == {"teacher_int8"}
     assert "onnxruntime-gpu" in bl.unmeasurable(recipe)["teacher_int8"]
+    # Raised before any work (no teacher, data or folder needed), so the study reports it in baselines_failed.
+    from compress.errors import TargetError
+
+    with pytest.raises(TargetError, match="cannot run int8 ONNX graphs"):
+        bl.teacher_int8(recipe, None, None, {}, None)
