@@ -8,8 +8,12 @@
 # Stages: env (versions, backend), cuda (the CUDA tests and their neighbours), tiny (a search with
 # target.device cuda: PyTorch measures through onnx2torch), pipeline (the end-to-end tests, one process),
 # suite (the rest, xdist), demo (the default study with GPU training, search cut to DEMO_SEARCH_S).
-# Logs go to $OUT. Data: the first 36,000 training images (all of Fashion-MNIST does not fit the 64 MiB), so
-# the tests of the official split sizes fail there by design.
+# Logs go to $OUT. Data: the first 36,000 training images (all of Fashion-MNIST does not fit the 64 MiB).
+# Failures expected there by design (H200, 2026-11-26: env + pipeline + suite, 7 failed / 225 passed, all these):
+# the official split sizes and the demo dataset's hash (the subset), the tiny recipe's seeded 12- vs 4-wide
+# order in test_the_student_without_kd_is_built_... (other images in the subset; same failure with training
+# pinned to the CPU), pareto.html's content (plotly stub), the Triton-config tests (no tritonclient) and
+# make dashboard (no optuna-dashboard). The pipeline tests pass alone; under -n 14 they failed (cause not seen).
 set -u
 PY=${PY:-python3}
 if [ "${1:-}" = prepare ]; then
