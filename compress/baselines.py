@@ -82,8 +82,10 @@ def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
     from compress.train import native_bf16, resolve_device
 
     full = r.to_dict()
+    # bf16: auto as each schedule's own device resolves it (one flag, as before, when both train on one device)
+    bf16 = sorted({native_bf16(resolve_device(c.device)) for c in (r.distill.train, r.prune.finetune)})
     return {**{k: full[k] for k in MODEL_SECTIONS}, "data_fingerprint": data.fingerprint, "teacher": tinfo["sha256"],
-            "native_bf16": native_bf16(resolve_device("auto")),
+            "native_bf16": bf16[0] if len(bf16) == 1 else bf16,
             "reduce_range": reduce_range(r.quantize) if r.quantize.enabled else None}
 
 

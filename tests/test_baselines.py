@@ -84,3 +84,27 @@ def test_the_int8_teacher_is_left_out_where_the_target_cannot_run_int8(monkeypat
 
     with pytest.raises(TargetError, match="cannot run int8 ONNX graphs"):
         bl.teacher_int8(recipe, None, None, {}, None)
+
+
+def test_the_cache_key_resolves_bf16_on_each_schedules_own_device(monkeypatch):
+    """bf16: auto depends on where a schedule trains: training pinned to the CPU of a machine whose GPU has
+    native bf16 (and whose CPU has not) makes an fp32 model, and its key must not say bf16."""
+    import types
+
+    import compress.train as train_mod
+    import torch
+
+    from compress.recipe import recipe_from_dict
+
+    monkeypatch.setattr(train_mod, "resolve_device", lambda name: torch.device("cpu" if name == "cpu" else "cuda"))
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: device.type == "cuda")
+    data, tinfo = types.SimpleNamespace(fingerprint="d"), {"sha256": "t"}
+
+    def key(**train):
+        return bl.model_key(recipe_from_dict({"name": "x", "distill": {"train": train},
+                                              "prune": {"finetune": train}}), data, tinfo)["native_bf16"]
+
+    assert key(device="auto") is True
+    assert key(device="cpu") is False  # was True: the key asked about resolve_device("auto")
+    mixed = recipe_from_dict({"name": "x", "distill": {"train": {"device": "cpu"}}})
+    assert bl.model_key(mixed, data, tinfo)["native_bf16"] == [False, True]
