@@ -203,31 +203,6 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
     return rows if any(rows) else []
 
 
-def covering_order(recipe: Recipe, rows: list[dict[str, Any]], teacher: Any, spec: Any) -> list[int]:
-    """The order the covering grid's rows run in: the student families in turn, each from its cheapest
-    candidate to train (MACs x epochs of its first schedule; a teacher copy that loses no channels is not
-    trained and costs nothing) to its dearest. A study that its time budget cuts then has both ends of the
-    front and as many candidates as the budget allows: in the seeded order, the default study on an AVX2
-    machine spent 11 of its 15 minutes on its dearest CNN and never reached the 1-layer ones."""
-
-    def cost(row: dict[str, Any]) -> float:
-        r = with_values(recipe, row)
-        if not trains(r):
-            return 0.0
-        try:
-            macs, _ = model_size(build_student(r, teacher, spec), spec)
-        except Exception:  # noqa: BLE001 - its trial will say what is wrong; here it just goes last
-            return math.inf
-        return float(macs or 0) * (r.prune.finetune if from_teacher(r) else r.distill.train).epochs
-
-    families: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        if row:
-            families.setdefault(str(row.get("student.model")), []).append(i)
-    queues = [sorted(idx, key=lambda i: (cost(rows[i]), i)) for idx in families.values()]
-    return [q[k] for k in range(max(map(len, queues), default=0)) for q in queues if k < len(q)]
-
-
 def _switches_first(key: str) -> tuple[int, str]:
     """Sampling order: the switches, then the pruning ratio (0 leaves a teacher copy untrained), then the rest."""
     return (0 if key == "student.model" or key.endswith(".enabled") else 1 if key == "prune.ratio" else 2, key)

@@ -27,8 +27,8 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress.recipe import Recipe, RecipeError
-from compress.search import (DONE, Objective, artifact_location, constraints, covering_order, covering_startup,
-                             sampler, search_fingerprint, storage_url)
+from compress.search import (DONE, Objective, artifact_location, constraints, covering_startup, sampler,
+                             search_fingerprint, storage_url)
 from compress.storage import (GRACE_S, HOST, StudyLock, alive, is_connection_error, mask, me, open_storage,
                               retrying)
 
@@ -142,16 +142,14 @@ def requeue_failed(study: optuna.Study) -> list[int]:
     return queued
 
 
-def _queue_covering(study: optuna.Study, order: list[int] | None = None) -> None:
-    """The next unused covering-grid point in ``order`` (``search.covering_order``; the grid's own order when
-    None), unless a trial is already waiting (a retry goes first)."""
+def _queue_covering(study: optuna.Study) -> None:
+    """The next unused covering-grid point, unless a trial is already waiting (a retry goes first)."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
         return
     grid = study.user_attrs.get("covering", [])
     used = {t.user_attrs.get("covering_index") for t in trials}
-    for i in range(len(grid)) if order is None else order:
-        params = grid[i]
+    for i, params in enumerate(grid):
         if i not in used and params:
             study.enqueue_trial(params, user_attrs={"startup": "covering", "covering_index": i})
             return
@@ -217,8 +215,6 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
     objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study,
                           store=artifact_store(recipe, study), claimed=lock.release)
     progress = Progress(recipe.search.n_trials)
-    # Every worker computes the same order (same recipe, teacher and grid), so they share one queue.
-    order = covering_order(recipe, study.user_attrs.get("covering", []), teacher, full.spec)
     attempts, first = 0, True
     while attempts < 2 * recipe.search.n_trials:  # trials that fail with an error do not count toward the budget
         with lock:
@@ -236,7 +232,7 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
             if spent:
                 tqdm.write(f"no new trial from this worker: {spent}")
                 break
-            retrying(_queue_covering, study, order)
+            retrying(_queue_covering, study)
             study.sampler = sampler(recipe, offset=len(study.get_trials(deepcopy=False)))  # see search.sampler
             try:
                 study.optimize(objective, n_trials=1, catch=(ParityError,), callbacks=[progress])

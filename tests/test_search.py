@@ -194,41 +194,6 @@ def test_startup_trials_cover_every_categorical_choice():
     assert covering_startup(recipe) == rows  # seeded
 
 
-def test_the_covering_grid_runs_each_family_in_turn_from_its_cheapest_candidate():
-    """A study cut by its time budget should have both ends of the front: the default grid alternates the
-    pruned teacher and the CNNs, each from the cheapest to train (the untrained teacher copy first)."""
-    import optuna
-
-    from compress.pipeline import build_student, trains
-    from compress.data.fashion_mnist import SPEC as spec
-    from compress.recipe import load_recipe, with_values
-    from compress.search import covering_order, covering_startup
-    from compress.teacher import load_teacher, model_size
-    from compress.workers import _queue_covering
-
-    recipe = load_recipe("recipes/fashion_mnist.yaml")
-    teacher, _ = load_teacher(recipe.teacher)
-    rows = covering_startup(recipe)
-    order = covering_order(recipe, rows, teacher, spec)
-    assert sorted(order) == list(range(len(rows)))
-    families = [rows[i]["student.model"] for i in order]
-    assert families == ["teacher", "cnn"] * (len(rows) // 2)
-    assert not trains(with_values(recipe, rows[order[0]]))  # the teacher copy: timed, never trained
-
-    def macs(i):
-        r = with_values(recipe, rows[i])
-        return model_size(build_student(r, teacher, spec), spec)[0] if trains(r) else 0
-
-    for family in ("teacher", "cnn"):
-        costs = [macs(i) for i in order if rows[i]["student.model"] == family]
-        assert costs == sorted(costs) and len(set(costs)) == len(costs), (family, costs)
-    # The queue follows it: the first point queued is the order's first, not the grid's.
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    study.set_user_attr("covering", rows)
-    _queue_covering(study, order[::-1])
-    assert study.get_trials()[0].user_attrs["covering_index"] == order[-1]
-
-
 def test_search_space_is_conditional_on_the_switches():
     import optuna
 
