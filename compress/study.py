@@ -244,8 +244,8 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                             ("student_no_kd", lambda: bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root))):
             try:
                 stage = build()
-            except CompressError as err:  # e.g. int8 failing its parity gate or unmeasurable on the target, a
-                # teacher that cannot be pruned
+            # e.g. int8 failing its parity gate or unmeasurable on the target, a teacher that cannot be pruned
+            except CompressError as err:
                 refs_failed[name] = f"{type(err).__name__}: {err}"
                 tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
                 continue
