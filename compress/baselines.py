@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.errors import TargetError
-from compress.io import copy_atomic, read_json, write_json_atomic
+from compress.io import copy_atomic, read_json, sha256_file, write_json_atomic
 from compress.latency import backend_for
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
 from compress.recipe import Recipe, fingerprint_of, with_values
@@ -90,23 +90,29 @@ def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
 
 
 def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path,
-           label: str = "baseline") -> Stage:
-    """The last model ``compress_student`` makes of ``r``, cached under ``root/name`` and ``CACHE_DIR``."""
+           label: str = "baseline", state: Path | None = None) -> Stage:
+    """The last model ``compress_student`` makes of ``r`` (resumed from ``state``, a restart state), cached
+    under ``root/name`` and ``CACHE_DIR``."""
 
     def build(folder: Path) -> Stage:
-        return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder)[-1], name=name)
+        return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder, state=state)[-1], name=name)
 
+    key = {"name": name, **model_key(r, data, tinfo)}
+    if state is not None:
+        return _cached(root / name, [{**key, "resumed_from": sha256_file(state)}], build, label)
     # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
     legacy = [{"recipe": r.fingerprint(before_bf16_auto=before), "data": data.fingerprint, "teacher": tinfo["sha256"]}
               for before in (False, True)]
-    return _cached(root / name, [{"name": name, **model_key(r, data, tinfo)}, *legacy], build, label)
+    return _cached(root / name, [key, *legacy], build, label)
 
 
-def full_schedule(r: Recipe, name: str, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+def full_schedule(r: Recipe, name: str, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path,
+                  state: Path | None = None) -> Stage:
     """``r`` trained on its whole schedule and ``data``'s whole training split: the chosen candidate that
     search.halving kept to its short schedule or that trained on search.train_fraction of the split
-    (compress.study), cached like a baseline so that a report run again does not train it again."""
-    return _built(name, r, data, teacher, tinfo, root, label="model")
+    (compress.study), cached like a baseline so that a report run again does not train it again. With
+    ``state``, the restart state its short schedule saved, the schedule goes on from there (``train_``)."""
+    return _built(name, r, data, teacher, tinfo, root, label="model", state=state)
 
 
 def unmeasurable(recipe: Recipe) -> dict[str, str]:

@@ -35,6 +35,7 @@ from compress.train import train_
 from compress.verdicts import test_accuracy_fields
 
 ARTIFACT = "model.onnx"
+RESTART_STATE = "short_state.pt"  # in a trial's folder: its first schedule's state where halving stopped it
 TEACHER_FAMILY = "teacher"  # student.model value: start from the (pruned) teacher instead of a fresh family
 
 
@@ -187,7 +188,7 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path)
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
                      on_epoch: Callable[[int, float], None] | None = None,
                      at_restart: Callable[[float, float], bool] | None = None,
-                     short: dict | None = None) -> list[Stage]:
+                     short: dict | None = None, state: Path | None = None) -> list[Stage]:
     """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made.
 
     A scratch student is distilled with ``distill.train``, then pruned and fine-tuned with
@@ -199,6 +200,8 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     ``at_restart`` (search.halving) is called when the first schedule's first cycle ends (its
     ``restart_epochs``); when it returns False that schedule stops there and the later ones follow the
     recipe with the ``short`` overrides, so the model is the one ``with_values(recipe, short)`` makes.
+    ``state`` is that first schedule's restart state (``train_``): saved there when it stops, resumed from
+    when it exists, so the rest of a candidate kept short can be trained later without its first cycle.
     """
     torch.manual_seed(recipe.seed)
     d, p, q = recipe.distill, recipe.prune, recipe.quantize
@@ -219,7 +222,7 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
         desc = ("distill" if d.enabled else "train") + ("" if name == "student_fp32" else " (pruned)")
         history = train_(student, data.train, schedule, loss_fn=make_loss(d, schedule, teacher, logits),
                          val=data.val, seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None,
-                         at_restart=at_restart if i == 0 else None)
+                         at_restart=at_restart if i == 0 else None, state=state if i == 0 else None)
         stopped = stopped or len(history) < schedule.epochs
         stages.append(_export_stage(name, student, recipe, data, work))
     if not schedules:  # the teacher itself, as is

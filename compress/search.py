@@ -29,8 +29,8 @@ from compress.io import sha256_file
 from compress.latency import measure
 from compress.models import takes_argument
 from compress.teacher import model_size
-from compress.pipeline import (build_student, compress_student, from_teacher, model_metrics, probe_latency,
-                               removes_channels, trains)
+from compress.pipeline import (RESTART_STATE, build_student, compress_student, from_teacher, model_metrics,
+                               probe_latency, removes_channels, trains)
 from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, as_before_bf16_auto,
                              fingerprint_of, range_is_int, space_leaf, space_spec, with_values)
 
@@ -360,7 +360,8 @@ class Objective:
     def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None, at_restart=None, short=None) -> list:
         """compress_student, with a failure recorded on the trial (a pruned trial leaves no files)."""
         try:
-            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch, at_restart, short)
+            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch, at_restart, short,
+                                    state=work / RESTART_STATE if short else None)
         except optuna.TrialPruned:
             shutil.rmtree(work, ignore_errors=True)
             raise

@@ -25,11 +25,12 @@ from compress.errors import CompressError
 from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
-from compress.pipeline import machine_info, model_metrics, prepare, removes_channels, summarize, trains
+from compress.pipeline import (RESTART_STATE, machine_info, model_metrics, prepare, removes_channels, summarize,
+                               trains)
 from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, space_leaf, with_values
 from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
-from compress.search import constraint_values, constraints, storage_url
+from compress.search import constraint_values, constraints, first_schedule, storage_url
 from compress.storage import mask
 from compress.workers import artifact_store, claim_finisher, open_study, optimize
 from compress.teacher import model_size
@@ -111,10 +112,21 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
     trial_schedule = chosen["overrides"] if short else {}
     cut = [f"{k} {v} of {space_leaf(full, k)}" for k, v in trial_schedule.items() if v != space_leaf(full, k)]
     cut += [f"{fraction:g} of the training split"] if fraction < 1 else []
+    # Where the trial stopped at its restart on the whole split, its saved state lets the rest of the schedule
+    # go on from there: the model a promotion would have made, without its short schedule trained again.
+    state = Path(chosen["artifact_path"]).parent / RESTART_STATE if chosen.get("artifact_path") else None
+    resumed = short and fraction >= 1 and state is not None and state.is_file()
+    restart = {}  # what the model was made with, as a promoted trial's recipe says it
+    if resumed:
+        first = first_schedule(full)
+        restart = {f"{first}.restart_epochs": trial_schedule[f"{first}.epochs"]}
+        full = with_values(full, restart)
     tqdm.write(f"chosen trial #{chosen['trial']} was trained on {', '.join(cut)}: training it on its full schedule "
-               "and the whole training split, the model handed over")
+               "and the whole training split, the model handed over"
+               + (f" (the rest of it, from the state its short schedule saved in {state})" if resumed else ""))
     started = time.time()
-    stage = bl.full_schedule(full, f"trial_{chosen['trial']}_full", data, teacher, tinfo, recipe.out_path / "full_schedule")
+    stage = bl.full_schedule(full, f"trial_{chosen['trial']}_full", data, teacher, tinfo,
+                             recipe.out_path / "full_schedule", state=state if resumed else None)
     alone = measure(stage.onnx, recipe.latency, *target)
     rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
            **model_metrics(stage, data, alone), "artifact_path": str(stage.onnx), "latency_measured": "final"}
@@ -124,13 +136,14 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
               "trial_train_fraction": fraction, "trial_val_accuracy": chosen["val_accuracy"],
               "full_val_accuracy": rec["val_accuracy"], "full_latency_p95_ms": rec["latency_p95_ms"],
               "full_feasible": rec["feasible"], "handed_over": "full" if better else "trial",
+              "resumed_from_short": bool(resumed),
               "seconds": round(time.time() - started, 1)}
     tqdm.write(f"trial #{chosen['trial']} on its full schedule: val {100 * rec['val_accuracy']:.2f}% (the trial's "
                f"{100 * chosen['val_accuracy']:.2f}%), p95 {rec['latency_p95_ms']:.3f} ms: handing over "
                f"{'the fully trained model' if better else 'the trial model'}")
     if better:
         chosen.clear()
-        chosen.update(rec, overrides={}, schedule="full (after the search)")
+        chosen.update(rec, overrides=restart, schedule="full (after the search)")
     chosen["full_schedule"] = result
     return result
 

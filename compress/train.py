@@ -7,7 +7,9 @@ after every epoch, passed to ``on_epoch`` so a search can prune a hopeless trial
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -177,6 +179,7 @@ def train_(
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
     at_restart: Callable[[float, float], bool] | None = None,
+    state: Path | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``cfg.device``; returns the validation accuracy after each epoch (empty
     without ``val``). The model is back on the CPU, in eval mode, when this returns.
@@ -184,7 +187,13 @@ def train_(
     With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy and its seconds of
     training (its epochs and their validation) are passed to ``at_restart`` when that cycle ends; when it
     returns False training stops there, and the model is the
-    one a ``restart_epochs``-epoch schedule makes (same seed, same batches, same learning rates)."""
+    one a ``restart_epochs``-epoch schedule makes (same seed, same batches, same learning rates).
+
+    ``state`` is that stop's file: when training stops at the restart, everything the rest of the schedule
+    needs (weights, optimizer, learning-rate step, batch order, validation so far) is saved there; when it
+    exists and fits this model and schedule, training resumes from it at the restart, so the model is the one
+    the uninterrupted schedule makes without its first cycle trained again. One that does not fit, or
+    cannot be read, is reported and the schedule trained from the start."""
     device = resolve_device(cfg.device)
     kinds = cfg.augmentations
     if kinds and train.raw.dim() != 4:
@@ -207,8 +216,9 @@ def train_(
         fmt = training_format(model, (min(cfg.batch_size, len(train)), *train.raw.shape[1:]), device)
     model.to(device=device, memory_format=fmt)
     history: list[float] = []
+    first = _resume(state, model, opt, sched, gen, cfg, steps, history) if state is not None else 0
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         model.train()
         bar = tqdm(batches(train, cfg.batch_size, gen), total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}",
                    leave=False, dynamic_ncols=True, mininterval=1.0,
@@ -243,7 +253,50 @@ def train_(
         tqdm.write(msg)
         if at_restart is not None and epoch + 1 == cfg.restart_epochs and val is not None \
                 and not at_restart(history[-1], time.perf_counter() - started):
+            if state is not None:
+                _save_restart(state, model, opt, sched, gen, cfg, steps, history)
             break
     model.to(device="cpu", memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _restart_signature(model: nn.Module, cfg: TrainConfig, steps: int) -> dict:
+    return {"schedule": cfg.model_dump(mode="json"), "steps_per_epoch": steps,
+            "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+
+
+def _save_restart(path: Path, model, opt, sched, gen, cfg: TrainConfig, steps: int, history: list[float]) -> None:
+    """The training's state at its restart, written whole or not at all (see ``train_``'s ``state``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"signature": _restart_signature(model, cfg, steps), "epoch": cfg.restart_epochs,
+                "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "batches": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": history}, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, model, opt, sched, gen, cfg: TrainConfig, steps: int, history: list[float]) -> int:
+    """The epoch training goes on from: the restart, with everything as it was there, when ``path`` holds a
+    state saved at this model's and schedule's restart; else 0 (said why, unless there is no file)."""
+    if not Path(path).is_file():
+        return 0
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        fits = saved["signature"] == _restart_signature(model, cfg, steps)
+    except Exception as err:  # torn, truncated, or not ours: the schedule from the start is always right
+        tqdm.write(f"{path}: cannot read the saved restart state ({type(err).__name__}: {err}); training from the start")
+        return 0
+    if not fits:
+        tqdm.write(f"{path}: saved for another model or schedule than this one; training from the start")
+        return 0
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    gen.set_state(saved["batches"])
+    torch.set_rng_state(saved["torch_rng"])
+    history.extend(saved["history"])
+    tqdm.write(f"resuming at epoch {saved['epoch'] + 1}/{cfg.epochs} from the state saved at the restart ({path})")
+    return saved["epoch"]

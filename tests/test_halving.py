@@ -158,7 +158,11 @@ def test_a_rung_winner_past_the_budget_is_finished_as_its_short_schedule(tmp_pat
     assert h["promoted"] is False and "time budget" in h["late"]
     assert trials[0].user_attrs["overrides"] == {"distill.train.epochs": 1}
     assert summary["n_trials_short_schedule"] == summary["n_trials_short_for_budget"] == 1
-    assert "would end after the study's time budget" in capsys.readouterr().out
+    # Chosen, it is trained on the rest of its full schedule after the search, from where its trial stopped.
+    assert (tmp_path / r.name / "trials" / "0000" / "short_state.pt").is_file()
+    assert summary["full_schedule"]["resumed_from_short"] is True
+    out = capsys.readouterr().out
+    assert "would end after the study's time budget" in out and "resuming at epoch 2/4" in out
     from compress.study import print_study_summary
 
     print_study_summary(summary)
@@ -203,3 +207,94 @@ def test_the_chosen_candidate_kept_short_is_trained_on_its_full_schedule(tiny_da
     part = with_values(r, {"search.train_fraction": 0.5})
     result = _full_schedule(part, {**short(1.0), "schedule": "full"}, tiny_data, teacher, tinfo, 0.9, target)
     assert made == [2] and result["trial_schedule"] == {} and result["trial_train_fraction"] == 0.5
+
+
+def _logits_equal(a, b, split) -> None:
+    """Two ONNX models (paths or stages) give the same logits on ``split``."""
+    import numpy as np
+
+    from compress.export import onnx_logits
+
+    x = split.inputs().numpy()
+    np.testing.assert_array_equal(onnx_logits(getattr(a, "onnx", a), x), onnx_logits(getattr(b, "onnx", b), x))
+
+
+def test_a_schedule_stopped_at_its_restart_resumes_from_its_saved_state(tiny_data, tmp_path, capsys):
+    """The state saved where halving stopped a candidate lets the rest of its schedule go on later: the same
+    model as the candidate promoted at once (then its pruned fine-tuning whole), the first cycle not trained
+    again; a state that cannot be read, or is another schedule's, is said and the schedule trained whole."""
+    from compress.pipeline import compress_student
+    from compress.teacher import load_teacher
+
+    # On the CPU, for bit-equal models (see the test above).
+    r = load_recipe("recipes/tiny.yaml", ["distill.train.epochs=3", "distill.train.restart_epochs=1",
+                                          "prune.finetune.epochs=2", "quantize.enabled=false",
+                                          "distill.train.device=cpu", "prune.finetune.device=cpu"])
+    teacher, tinfo = load_teacher(r.teacher)
+    short = {"distill.train.epochs": 1, "prune.finetune.epochs": 1}
+    state = tmp_path / "state.pt"
+    epochs = []
+    stopped = compress_student(r, tiny_data, teacher, tinfo, tmp_path / "stopped", at_restart=lambda a, s: False,
+                               short=short, state=state, on_epoch=lambda e, a: epochs.append(e))
+    assert state.is_file() and epochs == [0]
+    whole = compress_student(r, tiny_data, teacher, tinfo, tmp_path / "whole", at_restart=lambda a, s: True)
+    capsys.readouterr()
+    epochs.clear()
+    resumed = compress_student(r, tiny_data, teacher, tinfo, tmp_path / "resumed", state=state,
+                               on_epoch=lambda e, a: epochs.append(e))
+    assert epochs == [1, 2]  # its first cycle is not trained again
+    assert f"resuming at epoch 2/3 from the state saved at the restart ({state})" in capsys.readouterr().out
+    assert [s.name for s in resumed] == [s.name for s in whole]
+    for a, b in zip(resumed, whole):
+        _logits_equal(a, b, tiny_data.val)
+    with pytest.raises(AssertionError):  # the stopped candidate's pruned model was fine-tuned for 1 epoch, not 2
+        _logits_equal(stopped[-1], whole[-1], tiny_data.val)
+    # Another schedule's state (4 epochs, not 3), then a torn file: trained from the start, and said so.
+    other = with_values(r, {"distill.train.epochs": 4})
+    compress_student(other, tiny_data, teacher, tinfo, tmp_path / "other", state=state)
+    assert "saved for another model or schedule than this one; training from the start" in capsys.readouterr().out
+    state.write_bytes(state.read_bytes()[:100])
+    again = compress_student(r, tiny_data, teacher, tinfo, tmp_path / "again", state=state)
+    assert "cannot read the saved restart state" in capsys.readouterr().out
+    _logits_equal(again[-1], whole[-1], tiny_data.val)
+
+
+def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data, tmp_path, monkeypatch, capsys):
+    """After the search, the chosen candidate that halving kept short (the study's time budget, say) is trained on
+    the rest of its full schedule from the state its trial saved: the model its promotion would have made."""
+    import compress.baselines as bl
+    from compress.pipeline import RESTART_STATE, compress_student
+    from compress.study import _full_schedule
+    from compress.teacher import load_teacher
+
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
+    r = _recipe(f"output_dir={tmp_path}", "data.train_subset=1000", "data.val_subset=300", "data.test_subset=300",
+                "distill.train.device=cpu", "prune.finetune.device=cpu")
+    teacher, tinfo = load_teacher(r.teacher)
+    params = {"student.width": 4, "prune.enabled": False, "quantize.enabled": False}
+    trial_recipe = with_values(r, {**params, "distill.train.restart_epochs": 1})  # what the trial trained
+    folder = tmp_path / "trials" / "0003"
+    compress_student(trial_recipe, tiny_data, teacher, tinfo, folder, at_restart=lambda a, s: False,
+                     short={"distill.train.epochs": 1}, state=folder / RESTART_STATE)
+    def short(trial):
+        return {"trial": trial, "schedule": "short", "overrides": {"distill.train.epochs": 1}, "feasible": False,
+                "params_": params, "val_accuracy": 0.0, "artifact_path": str(folder / "model.onnx"),
+                "model_sha256": "x"}
+
+    chosen = short(3)
+    made = []
+    real = bl.compress_student
+    monkeypatch.setattr(bl, "compress_student", lambda *a, **k: made.append(k.get("state")) or real(*a, **k))
+    capsys.readouterr()
+    result = _full_schedule(r, chosen, tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
+    assert made == [folder / RESTART_STATE] and result["resumed_from_short"] is True
+    assert chosen["overrides"] == {"distill.train.restart_epochs": 1}  # its recipe: the promoted trial's
+    out = capsys.readouterr().out
+    assert "(the rest of it, from the state its short schedule saved in" in out and "resuming at epoch 2/2" in out
+    promoted = compress_student(trial_recipe, tiny_data, teacher, tinfo, tmp_path / "promoted",
+                                at_restart=lambda a, s: True)
+    _logits_equal(chosen["artifact_path"], promoted[-1], tiny_data.val)
+    # Without the saved state (a trial another machine ran), the whole schedule is trained from the start.
+    (folder / RESTART_STATE).unlink()
+    result = _full_schedule(r, short(4), tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
+    assert made == [folder / RESTART_STATE, None] and result["resumed_from_short"] is False
