@@ -313,7 +313,7 @@ class CostConfig(_Section):
 class CapacityConfig(_Section):
     enabled: bool = True
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32, 128], min_length=1)
-    threads: list[int] | None = None  # None: 1 .. all cores
+    threads: list[int] | None = None  # None: 1, 2, 4, ... (powers of two) and all the cores
     # Online replicas are sized to run at most this busy: queueing keeps p95 near the measured one only
     # well below saturation.
     target_utilization: float = Field(0.7, gt=0, le=1)

@@ -1,6 +1,6 @@
 import pytest
 
-from compress.capacity import batch_plan, best_per_core, capacity_markdown, gpu_plan, online_plan
+from compress.capacity import batch_plan, best_per_core, capacity_markdown, default_threads, gpu_plan, online_plan
 from compress.errors import TargetError
 from compress.pipeline import check_target
 from compress.recipe import RecipeError, recipe_from_dict
@@ -36,6 +36,13 @@ def test_best_setting_is_most_throughput_per_core():
             {"batch_size": 32, "threads": 2, "throughput_sps": 3000.0},
             {"batch_size": 32, "threads": 1, "throughput_sps": 1600.0}]
     assert best_per_core(rows) == rows[2]
+
+
+def test_the_default_thread_sweep_grows_with_the_log_of_the_cores():
+    # Every count from 1 to the cores made the sweep of a 16-core machine 8x longer than a 2-core one's.
+    assert default_threads(1) == [1] and default_threads(2) == [1, 2] and default_threads(3) == [1, 2, 3]
+    assert default_threads(16) == [1, 2, 4, 8, 16] and default_threads(12) == [1, 2, 4, 8, 12]
+    assert default_threads(96) == [1, 2, 4, 8, 16, 32, 64, 96]
 
 
 def test_constraints_for_online_and_batch_forms():
