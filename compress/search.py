@@ -393,6 +393,11 @@ class Objective:
 
             trial.set_user_attr("model_artifact", upload_artifact(artifact_store=self.store, file_path=str(model),
                                                                   study_or_trial=trial))
+            state = work / RESTART_STATE  # kept short: the finisher, on whichever machine, can go on from it
+            if state.is_file():
+                trial.set_user_attr("restart_state", {
+                    "artifact": upload_artifact(artifact_store=self.store, file_path=str(state), study_or_trial=trial),
+                    "sha256": sha256_file(state)})
         _set_constraints(trial, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r))
         return val, lat.p95_ms
 

@@ -43,7 +43,13 @@ def _fetch_model(rec: dict, artifact: str | None, store) -> bool:
     """Make the trial's model file local, from the artifact store when this machine did not train it (or its
     copy differs from the one measured); False when it is nowhere."""
     path = Path(rec["artifact_path"]) if rec["artifact_path"] else None
-    want = rec.get("model_sha256")  # recorded when the trial measured it
+    # model_sha256: recorded when the trial measured it
+    return _fetch(path, rec.get("model_sha256"), artifact, store, f"trial {rec['trial']}: its model")
+
+
+def _fetch(path: Path | None, want: str | None, artifact: str | None, store, what: str) -> bool:
+    """``path`` as it was uploaded (sha256 ``want``), downloaded from the artifact store when this machine
+    lacks it or holds another copy; False when it is nowhere (said when the download fails)."""
     if path is not None and path.is_file() and (want is None or sha256_file(path) == want):
         return True
     if path is None or artifact is None:
@@ -55,7 +61,7 @@ def _fetch_model(rec: dict, artifact: str | None, store) -> bool:
     try:
         download_artifact(artifact_store=store, file_path=str(tmp), artifact_id=artifact)
     except Exception as err:  # noqa: BLE001 - reported as missing, with the store named in the error
-        tqdm.write(f"trial {rec['trial']}: could not fetch its model {artifact} from the artifact store: {err}")
+        tqdm.write(f"{what}: could not fetch {artifact} from the artifact store: {err}")
         return False
     tmp.replace(path)
     return True
@@ -241,6 +247,10 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     chosen = _choose(front)
     chosen["chosen"] = True
     clock.lap("final_latency")
+    if chosen.get("schedule") == "short":  # its restart state, where another machine ran the trial
+        saved = frozen[chosen["trial"]].user_attrs.get("restart_state", {})
+        _fetch(Path(chosen["artifact_path"]).parent / RESTART_STATE, saved.get("sha256"), saved.get("artifact"), store,
+               f"trial {chosen['trial']}: its restart state")
     full_schedule = _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_rec["val_accuracy"], target)
     if full_schedule:
         clock.lap("full_schedule")

@@ -158,11 +158,17 @@ def test_a_rung_winner_past_the_budget_is_finished_as_its_short_schedule(tmp_pat
     assert h["promoted"] is False and "time budget" in h["late"]
     assert trials[0].user_attrs["overrides"] == {"distill.train.epochs": 1}
     assert summary["n_trials_short_schedule"] == summary["n_trials_short_for_budget"] == 1
-    # Chosen, it is trained on the rest of its full schedule after the search, from where its trial stopped.
-    assert (tmp_path / r.name / "trials" / "0000" / "short_state.pt").is_file()
+    # Chosen, it is trained on the rest of its full schedule after the search, from where its trial stopped;
+    # the state is in the artifact store too, for a finisher on another machine (here: the local copy lost).
+    state = tmp_path / r.name / "trials" / "0000" / "short_state.pt"
+    assert state.is_file() and trials[0].user_attrs["restart_state"]["artifact"]
     assert summary["full_schedule"]["resumed_from_short"] is True
     out = capsys.readouterr().out
     assert "would end after the study's time budget" in out and "resuming at epoch 2/4" in out
+    kept = state.read_bytes()
+    state.unlink()
+    assert run_study(r, report_only=True)["full_schedule"]["resumed_from_short"] is True
+    assert state.read_bytes() == kept
     from compress.study import print_study_summary
 
     print_study_summary(summary)
