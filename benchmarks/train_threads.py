@@ -1,0 +1,94 @@
+"""Two trainings at once with 1 thread each, or one at a time with 2: which trains more per second here?
+
+The default study's post-search work is three trainings (the chosen candidate's rest, teacher_pruned50,
+student_no_kd) run one after another with every core. A 2-thread training step is not twice as fast as a
+1-thread one, so two 1-thread trainings in parallel processes may get more done. For each kind of student
+(the same models as benchmarks/bf16.py), fp32 channels_last, batch 128, SGD with momentum: steps per second
+of one process with 2 threads, of one with 1 thread, and of two 1-thread processes started together (their
+sum), in rounds that alternate the three, median over rounds. Speed only; nothing here changes a model.
+
+    .venv/bin/python benchmarks/train_threads.py --out results/train_threads.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from compress.io import write_json_atomic
+from compress.pipeline import machine_info
+
+# The 12-wide 2-deep CNN of the default front, and the default teacher pruned by 0.55 and by 0.5 (round_to 8).
+MODELS = [("cnn 12 wide 2 deep", "cnn", {"width": 12, "depth": 2}),
+          ("teacher pruned 0.55 (24-40-80-112)", "resnet_small", {"widths": [24, 40, 80, 112], "strides": [1, 2, 2, 2]}),
+          ("teacher pruned 0.5 (32-48-96-128)", "resnet_small", {"widths": [32, 48, 96, 128], "strides": [1, 2, 2, 2]})]
+
+
+def steps_per_s(family: str, kwargs: dict, threads: int, steps: int, out=None) -> float:
+    """A fresh model trained ``steps`` SGD steps (after 3 to warm up) with ``threads`` threads."""
+    from compress.models import create_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(family, **kwargs).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (128,))
+    for i in range(steps + 3):
+        if i == 3:
+            t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    rate = steps / (time.perf_counter() - t0)
+    if out is not None:
+        out.put(rate)
+    return rate
+
+
+def two_at_once(family: str, kwargs: dict, steps: int) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=steps_per_s, args=(family, kwargs, 1, steps, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    rates = [q.get(), q.get()]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="results/train_threads.json")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=8.0, help="about how long each measurement trains")
+    args = ap.parse_args()
+    rows = []
+    for name, family, kwargs in MODELS:
+        steps = max(5, round(args.seconds * steps_per_s(family, kwargs, 2, 3)))  # sized by a quick 2-thread probe
+        runs = {"one_process_2_threads": [], "one_process_1_thread": [], "two_processes_1_thread_each": []}
+        for _ in range(args.rounds):
+            runs["one_process_2_threads"].append(steps_per_s(family, kwargs, 2, steps))
+            runs["one_process_1_thread"].append(steps_per_s(family, kwargs, 1, steps))
+            runs["two_processes_1_thread_each"].append(two_at_once(family, kwargs, steps))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        rows.append({"model": name, "steps_per_measurement": steps, "steps_per_s_median": med,
+                     "steps_per_s_runs": runs,
+                     "two_processes_vs_2_threads": med["two_processes_1_thread_each"] / med["one_process_2_threads"],
+                     "2_threads_vs_1": med["one_process_2_threads"] / med["one_process_1_thread"]})
+        print(name, {k: round(v, 2) for k, v in med.items()},
+              f"two 1-thread processes / one 2-thread: {rows[-1]['two_processes_vs_2_threads']:.2f}x", flush=True)
+    write_json_atomic(args.out, {"command": "python benchmarks/train_threads.py --out " + args.out,
+                                 "batch_size": 128, "memory_format": "channels_last", "dtype": "fp32",
+                                 "rounds": args.rounds, "machine": machine_info(), "models": rows})
+
+
+if __name__ == "__main__":
+    main()
