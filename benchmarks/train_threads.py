@@ -20,13 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bf16 import MODELS  # the same students as that benchmark (its sibling script, on sys.path when run as one)
 from compress.io import write_json_atomic
 from compress.pipeline import machine_info
-
-# The 12-wide 2-deep CNN of the default front, and the default teacher pruned by 0.55 and by 0.5 (round_to 8).
-MODELS = [("cnn 12 wide 2 deep", "cnn", {"width": 12, "depth": 2}),
-          ("teacher pruned 0.55 (24-40-80-112)", "resnet_small", {"widths": [24, 40, 80, 112], "strides": [1, 2, 2, 2]}),
-          ("teacher pruned 0.5 (32-48-96-128)", "resnet_small", {"widths": [32, 48, 96, 128], "strides": [1, 2, 2, 2]})]
 
 
 def steps_per_s(family: str, kwargs: dict, threads: int, steps: int, out=None) -> float:
