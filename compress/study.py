@@ -104,13 +104,15 @@ def _still_pareto(front: list[dict], chosen: dict | None = None) -> list[dict]:
     return [r for r in front if r["pareto"]]
 
 
-def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_val: float, target) -> dict | None:
+def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_val: float, target,
+                   saved_state: dict | None = None, store=None) -> dict | None:
     """Cheap early, exact late: search.halving leaves most candidates on their short schedule, and a promoted
     one too when its full schedule would overrun search.timeout_s; search.train_fraction trains every candidate
     on part of the training split. The model handed over gets what the recipe asks for: its full schedule, on
     the whole split (``data``). It replaces the trial's model when at least as accurate on the validation split
     and meeting what that one met; summary.json's ``full_schedule`` says what happened. None when the chosen
-    trial had its full schedule on the whole split already."""
+    trial had its full schedule on the whole split already. ``saved_state`` (the trial's ``restart_state``
+    attribute) and ``store`` fetch its restart state where another machine ran it."""
     fraction, short = recipe.search.train_fraction, chosen.get("schedule") == "short"
     if not short and fraction >= 1:
         return None
@@ -121,7 +123,9 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
     # Where the trial stopped at its restart on the whole split, its saved state lets the rest of the schedule
     # go on from there: the model a promotion would have made, without its short schedule trained again.
     state = Path(chosen["artifact_path"]).parent / RESTART_STATE if chosen.get("artifact_path") else None
-    resumed = short and fraction >= 1 and state is not None and state.is_file()
+    saved_state = saved_state or {}
+    resumed = short and fraction >= 1 and _fetch(state, saved_state.get("sha256"), saved_state.get("artifact"), store,
+                                                 f"trial {chosen['trial']}: its restart state")
     restart = {}  # what the model was made with, as a promoted trial's recipe says it
     if resumed:
         first = first_schedule(full)
@@ -247,11 +251,8 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     chosen = _choose(front)
     chosen["chosen"] = True
     clock.lap("final_latency")
-    if chosen.get("schedule") == "short":  # its restart state, where another machine ran the trial
-        saved = frozen[chosen["trial"]].user_attrs.get("restart_state", {})
-        _fetch(Path(chosen["artifact_path"]).parent / RESTART_STATE, saved.get("sha256"), saved.get("artifact"), store,
-               f"trial {chosen['trial']}: its restart state")
-    full_schedule = _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_rec["val_accuracy"], target)
+    full_schedule = _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_rec["val_accuracy"], target,
+                                   frozen[chosen["trial"]].user_attrs.get("restart_state"), store)
     if full_schedule:
         clock.lap("full_schedule")
         front = _still_pareto(front, chosen)  # the fully trained model may dominate a neighbour
