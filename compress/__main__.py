@@ -1,3 +1,4 @@
 from compress.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned process (search.finish_processes) imports it
+    raise SystemExit(main())

@@ -19,7 +19,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
-from compress.errors import TargetError
+from compress.errors import CompressError, TargetError
 from compress.io import copy_atomic, read_json, sha256_file, write_json_atomic
 from compress.latency import backend_for
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
@@ -40,16 +40,17 @@ def _stage(folder: Path, m: dict) -> Stage:
     return Stage(m["name"], folder / "model.onnx", m["macs"], m["params"], m["int8"], m["parity"])
 
 
-def _cached(folder: Path, keys: list[dict], build, label: str = "baseline") -> Stage:
+def _cached(folder: Path, keys: list[dict], build, label: str, cache: Path) -> Stage | None:
     """The stage in ``folder`` when it was made under one of ``keys`` (the first is current, the others
-    what older code keyed it by), else a copy from the shared cache, else ``build(folder)`` (then cached)."""
+    what older code keyed it by), else a copy from the shared ``cache``, else ``build(folder)`` (then cached;
+    None when ``build`` is None: only looking)."""
     digests = [_digest(k) for k in keys]
     meta = folder / "stage.json"
     if meta.is_file() and (folder / "model.onnx").is_file():
         m = read_json(meta)
         if m.get("key") in digests:
             return _stage(folder, m)
-    shared = CACHE_DIR / digests[0]
+    shared = cache / digests[0]
     if (shared / "stage.json").is_file() and (shared / "model.onnx").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         copy_atomic(shared / "model.onnx", folder / "model.onnx")
@@ -57,6 +58,8 @@ def _cached(folder: Path, keys: list[dict], build, label: str = "baseline") -> S
         write_json_atomic(meta, m)
         tqdm.write(f"{label} {m['name']}: the same model as in {shared} (same teacher, data and settings), copied")
         return _stage(folder, m)
+    if build is None:
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     stage = build(folder)
     stage = dataclasses.replace(stage, onnx=stage.onnx.replace(folder / "model.onnx"))
@@ -89,30 +92,146 @@ def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
             "reduce_range": reduce_range(r.quantize) if r.quantize.enabled else None}
 
 
-def _built(name: str, r: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path,
-           label: str = "baseline", state: Path | None = None) -> Stage:
-    """The last model ``compress_student`` makes of ``r`` (resumed from ``state``, a restart state), cached
-    under ``root/name`` and ``CACHE_DIR``."""
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """One model made after the search: a baseline or the chosen candidate's full schedule. ``recipe`` makes
+    it (resumed from ``state``, a restart state, when given); it is kept under ``root/name`` and ``cache``."""
 
-    def build(folder: Path) -> Stage:
-        return dataclasses.replace(compress_student(r, data, teacher, tinfo, folder, state=state)[-1], name=name)
+    name: str
+    recipe: Recipe
+    root: Path
+    label: str = "baseline"
+    state: Path | None = None
+    cache: Path = dataclasses.field(default_factory=lambda: CACHE_DIR)
 
-    key = {"name": name, **model_key(r, data, tinfo)}
-    if state is not None:
-        return _cached(root / name, [{**key, "resumed_from": sha256_file(state)}], build, label)
-    # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
-    legacy = [{"recipe": r.fingerprint(before_bf16_auto=before), "data": data.fingerprint, "teacher": tinfo["sha256"]}
-              for before in (False, True)]
-    return _cached(root / name, [key, *legacy], build, label)
+    def keys(self, data: Dataset, tinfo: dict) -> list[dict]:
+        key = {"name": self.name, **model_key(self.recipe, data, tinfo)}
+        if self.state is not None:
+            return [{**key, "resumed_from": sha256_file(self.state)}]
+        # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
+        return [key, *({"recipe": self.recipe.fingerprint(before_bf16_auto=before), "data": data.fingerprint,
+                        "teacher": tinfo["sha256"]} for before in (False, True))]
 
 
-def full_schedule(r: Recipe, name: str, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path,
-                  state: Path | None = None) -> Stage:
-    """``r`` trained on its whole schedule and ``data``'s whole training split: the chosen candidate that
+def build(b: Build, data: Dataset, teacher: nn.Module, tinfo: dict) -> Stage:
+    """The last model ``compress_student`` makes of ``b.recipe``, or the one kept from before (see ``_cached``)."""
+
+    def make(folder: Path) -> Stage:
+        return dataclasses.replace(compress_student(b.recipe, data, teacher, tinfo, folder, state=b.state)[-1],
+                                   name=b.name)
+
+    return _cached(b.root / b.name, b.keys(data, tinfo), make, b.label, b.cache)
+
+
+def kept(b: Build, data: Dataset, tinfo: dict) -> Stage | None:
+    """``b``'s model when it is kept already (this study's folder or the shared cache): nothing to train."""
+    return _cached(b.root / b.name, b.keys(data, tinfo), None, b.label, b.cache)
+
+
+def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dict, processes: int = 1
+              ) -> dict[str, Stage | CompressError]:
+    """Every build's model, or the CompressError that stopped it (a baseline that cannot be made is left out
+    of the comparison; the caller decides). Those kept from before are copied first. With ``processes`` > 1
+    and at least two to train, they train side by side, each in a process of its own with this process's
+    threads shared out between them (two 1-thread trainings made 1.25-1.6x the steps of one 2-thread
+    training on 2 cores: results/train_threads.json), in the given order (put the longest first); the
+    models are the ones a process of that many threads makes alone, and a finished one is kept even when
+    another fails."""
+    done: dict[str, Stage | CompressError] = {}
+    todo = []
+    for b in builds:
+        stage = kept(b, data, tinfo)
+        if stage is None:
+            todo.append(b)
+        else:
+            done[b.name] = stage
+    if processes <= 1 or len(todo) < 2:
+        for b in todo:
+            try:
+                done[b.name] = build(b, data, teacher, tinfo)
+            except CompressError as err:  # e.g. int8 failing its parity gate, a teacher that cannot be pruned
+                done[b.name] = err
+        return {b.name: done[b.name] for b in builds}
+    import concurrent.futures as cf
+    from concurrent.futures.process import BrokenProcessPool
+
+    import torch
+    import torch.multiprocessing as tmp
+
+    processes = min(processes, len(todo))
+    threads = max(1, torch.get_num_threads() // processes)
+    tqdm.write(f"training {len(todo)} models side by side, {processes} at a time with {threads} thread(s) each, "
+               f"in processes of their own: {', '.join(b.name for b in todo)}")
+    with cf.ProcessPoolExecutor(processes, mp_context=tmp.get_context("spawn"), initializer=_child_init,
+                                initargs=(data, tinfo, threads)) as pool:
+        futures = {b.name: pool.submit(_child_build, b) for b in todo}
+        for name, f in futures.items():
+            try:
+                done[name] = f.result()
+            except CompressError as err:
+                done[name] = err
+            except BrokenProcessPool as err:
+                raise RuntimeError(f"the process training {name} died ({err}); the models finished before it are "
+                                   "kept, run the same command again to go on") from None
+    return {b.name: done[b.name] for b in builds}
+
+
+_child: dict = {}
+
+
+def _child_init(data: Dataset, tinfo: dict, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _child.update(data=data, tinfo=tinfo, teachers={})
+
+
+def _child_build(b: Build) -> Stage:
+    """One build in a side-by-side process: its output lines prefixed with its name, no redrawn bars."""
+    import sys
+
+    from compress.teacher import load_teacher
+
+    key = b.recipe.teacher.model_dump_json()  # loaded here, not sent: TorchScript and ONNX teachers cannot be pickled
+    if key not in _child["teachers"]:
+        _child["teachers"][key] = load_teacher(b.recipe.teacher, _child["data"].spec)[0]
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Prefixed(out, b.name), _Prefixed(err, b.name)
+    try:
+        return build(b, _child["data"], _child["teachers"][key], _child["tinfo"])
+    finally:
+        sys.stdout.flush()
+        sys.stdout, sys.stderr = out, err
+
+
+class _Prefixed:
+    """A text stream that starts each line with ``[name] `` and is not a terminal (tqdm draws no bar on it)."""
+
+    def __init__(self, stream, name: str):
+        self.stream, self.prefix, self.at_start = stream, f"[{name}] ", True
+
+    def write(self, text: str) -> int:
+        for part in text.splitlines(keepends=True):
+            if self.at_start:
+                self.stream.write(self.prefix)
+            self.stream.write(part)
+            self.at_start = part.endswith(("\n", "\r"))
+        self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def full_schedule(r: Recipe, name: str, root: Path, state: Path | None = None) -> Build:
+    """``r`` trained on its whole schedule and the whole training split: the chosen candidate that
     search.halving kept to its short schedule or that trained on search.train_fraction of the split
     (compress.study), cached like a baseline so that a report run again does not train it again. With
     ``state``, the restart state its short schedule saved, the schedule goes on from there (``train_``)."""
-    return _built(name, r, data, teacher, tinfo, root, label="model", state=state)
+    return Build(name, r, root, label="model", state=state)
 
 
 def unmeasurable(recipe: Recipe) -> dict[str, str]:
@@ -124,17 +243,17 @@ def unmeasurable(recipe: Recipe) -> dict[str, str]:
                             "which cannot run int8 ONNX graphs (install onnxruntime-gpu to compare it)"}
 
 
-def teacher_int8(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+def teacher_int8(recipe: Recipe, root: Path) -> Build:
     """The teacher, unpruned and untrained, quantized with the recipe's own quantize settings; a TargetError,
     before any work, where the latency target cannot run int8 graphs."""
     why = unmeasurable(recipe).get("teacher_int8")
     if why:
         raise TargetError(why)
     r = with_values(recipe, {"student.model": TEACHER_FAMILY, "prune.enabled": False, "quantize.enabled": True})
-    return _built("teacher_int8", r, data, teacher, tinfo, root)
+    return Build("teacher_int8", r, root)
 
 
-def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+def teacher_pruned(recipe: Recipe, root: Path) -> Build:
     """The teacher with ``search.baseline_prune_ratio`` of its channels pruned and fine-tuned on hard labels
     for ``search.baseline_finetune``; fp32: what a user who only prunes would ship, without this tool (no
     distillation, none of the study's settings)."""
@@ -142,9 +261,9 @@ def teacher_pruned(recipe: Recipe, data: Dataset, teacher: nn.Module, tinfo: dic
     r = with_values(recipe, {"student.model": TEACHER_FAMILY, "distill.enabled": False, "prune.enabled": True,
                              "prune.ratio": s.baseline_prune_ratio, "prune.finetune": s.baseline_finetune.model_dump(),
                              "quantize.enabled": False})
-    return _built(f"teacher_pruned{int(round(100 * s.baseline_prune_ratio))}", r, data, teacher, tinfo, root)
+    return Build(f"teacher_pruned{int(round(100 * s.baseline_prune_ratio))}", r, root)
 
 
-def student_without_kd(chosen: Recipe, data: Dataset, teacher: nn.Module, tinfo: dict, root: Path) -> Stage:
+def student_without_kd(chosen: Recipe, root: Path) -> Build:
     """The chosen candidate's recipe with distillation off: same architecture, pruning and quantization."""
-    return _built("student_no_kd", with_values(chosen, {"distill.enabled": False}), data, teacher, tinfo, root)
+    return Build("student_no_kd", with_values(chosen, {"distill.enabled": False}), root)

@@ -274,6 +274,11 @@ class SearchConfig(_Section):
     baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
     baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
     baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16="auto")
+    # The models trained after the search (the chosen candidate's full schedule, the baselines) train this many
+    # at a time, each in a process of its own with the cores shared out: two 1-thread trainings made 1.25-1.6x
+    # the steps of one 2-thread training on 2 cores (results/train_threads.json). None: 2 when training runs
+    # on a CPU with at least 2 threads, else 1 (one after another, in this process).
+    finish_processes: int | None = Field(None, ge=1)
     # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
     # or branches, a sub-space per choice: student.model: {teacher: {prune.ratio: ...}, cnn: {student.width: ...}}
     space: dict[str, Any] = Field(default_factory=dict)

@@ -57,6 +57,7 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
         data["search"].pop(k)
     data["output_dir"] = "."
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
+    del resolved["search"]["finish_processes"]  # how the models after the search are trained, not which
     if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json"):
         del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
     return fingerprint_of(as_before_bf16_auto(resolved) if before_bf16_auto else resolved)

@@ -2,7 +2,8 @@
 
 1. ``search.optimize`` runs or resumes the Optuna study (trial-time latency: cheap, one model at a time).
 2. The Pareto front is taken over complete trials; the chosen candidate is the most accurate feasible one.
-3. Baselines are built (once per study, cached).
+3. The baselines and, where the search kept it short, the chosen candidate's full schedule are trained
+   side by side (once per study, cached; ``search.finish_processes``).
 4. Teacher, front and baselines are re-measured ("exact late") *interleaved in one process*, which every
    speed-up comes from, and then each alone, which the percentiles and the service-level verdict come from.
 5. trials.csv, pareto.csv/json/html/png, summary.json and artifact/ are written; summary.json last.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -104,15 +106,23 @@ def _still_pareto(front: list[dict], chosen: dict | None = None) -> list[dict]:
     return [r for r in front if r["pareto"]]
 
 
-def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_val: float, target,
-                   saved_state: dict | None = None, store=None) -> dict | None:
+@dataclasses.dataclass
+class FullPlan:
+    """The chosen candidate's full schedule, to be built with the baselines (``bl.build_all``)."""
+
+    build: bl.Build
+    trial_schedule: dict  # the epochs the trial had, where halving kept it short
+    restart: dict  # what the model is made with, as a promoted trial's recipe says it (when resumed)
+    resumed: bool
+
+
+def _full_plan(recipe: Recipe, chosen: dict, saved_state: dict | None = None, store=None) -> FullPlan | None:
     """Cheap early, exact late: search.halving leaves most candidates on their short schedule, and a promoted
     one too when its full schedule would overrun search.timeout_s; search.train_fraction trains every candidate
     on part of the training split. The model handed over gets what the recipe asks for: its full schedule, on
-    the whole split (``data``). It replaces the trial's model when at least as accurate on the validation split
-    and meeting what that one met; summary.json's ``full_schedule`` says what happened. None when the chosen
-    trial had its full schedule on the whole split already. ``saved_state`` (the trial's ``restart_state``
-    attribute) and ``store`` fetch its restart state where another machine ran it."""
+    the whole split. None when the chosen trial had its full schedule on the whole split already.
+    ``saved_state`` (the trial's ``restart_state`` attribute) and ``store`` fetch its restart state where
+    another machine ran it."""
     fraction, short = recipe.search.train_fraction, chosen.get("schedule") == "short"
     if not short and fraction >= 1:
         return None
@@ -126,7 +136,7 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
     saved_state = saved_state or {}
     resumed = short and fraction >= 1 and _fetch(state, saved_state.get("sha256"), saved_state.get("artifact"), store,
                                                  f"trial {chosen['trial']}: its restart state")
-    restart = {}  # what the model was made with, as a promoted trial's recipe says it
+    restart = {}
     if resumed:
         first = first_schedule(full)
         restart = {f"{first}.restart_epochs": trial_schedule[f"{first}.epochs"]}
@@ -134,28 +144,51 @@ def _full_schedule(recipe: Recipe, chosen: dict, data, teacher, tinfo, teacher_v
     tqdm.write(f"chosen trial #{chosen['trial']} was trained on {', '.join(cut)}: training it on its full schedule "
                "and the whole training split, the model handed over"
                + (f" (the rest of it, from the state its short schedule saved in {state})" if resumed else ""))
-    started = time.time()
-    stage = bl.full_schedule(full, f"trial_{chosen['trial']}_full", data, teacher, tinfo,
-                             recipe.out_path / "full_schedule", state=state if resumed else None)
+    return FullPlan(bl.full_schedule(full, f"trial_{chosen['trial']}_full", recipe.out_path / "full_schedule",
+                                     state=state if resumed else None), trial_schedule, restart, bool(resumed))
+
+
+def _full_result(recipe: Recipe, chosen: dict, plan: FullPlan, stage, data, teacher_val: float, target,
+                 seconds: float) -> dict:
+    """The fully trained model replaces the trial's when at least as accurate on the validation split and
+    meeting what that one met; summary.json's ``full_schedule`` says what happened."""
     alone = measure(stage.onnx, recipe.latency, *target)
     rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
            **model_metrics(stage, data, alone), "artifact_path": str(stage.onnx), "latency_measured": "final"}
     _judge(rec, teacher_val, recipe)
     better = rec["val_accuracy"] >= chosen["val_accuracy"] and rec["feasible"] >= chosen["feasible"]
-    result = {"trial": chosen["trial"], "trial_schedule": trial_schedule,
-              "trial_train_fraction": fraction, "trial_val_accuracy": chosen["val_accuracy"],
+    result = {"trial": chosen["trial"], "trial_schedule": plan.trial_schedule,
+              "trial_train_fraction": recipe.search.train_fraction, "trial_val_accuracy": chosen["val_accuracy"],
               "full_val_accuracy": rec["val_accuracy"], "full_latency_p95_ms": rec["latency_p95_ms"],
               "full_feasible": rec["feasible"], "handed_over": "full" if better else "trial",
-              "resumed_from_short": bool(resumed),
-              "seconds": round(time.time() - started, 1)}
+              "resumed_from_short": plan.resumed, "seconds": round(seconds, 1)}
     tqdm.write(f"trial #{chosen['trial']} on its full schedule: val {100 * rec['val_accuracy']:.2f}% (the trial's "
                f"{100 * chosen['val_accuracy']:.2f}%), p95 {rec['latency_p95_ms']:.3f} ms: handing over "
                f"{'the fully trained model' if better else 'the trial model'}")
     if better:
         chosen.clear()
-        chosen.update(rec, overrides=restart, schedule="full (after the search)")
+        chosen.update(rec, overrides=plan.restart, schedule="full (after the search)")
     chosen["full_schedule"] = result
     return result
+
+
+def _baseline_rank(name: str) -> int:
+    """Reports list the baselines as before: teacher int8, pruned teacher, student without KD."""
+    return {"teacher_int8": 0, "student_no_kd": 2}.get(name, 1)
+
+
+def finish_processes(recipe: Recipe) -> int:
+    """How many models train at once after the search (search.finish_processes); auto: 2 where training
+    runs on a CPU with at least 2 threads, else 1 (one GPU trains one model at a time well)."""
+    n = recipe.search.finish_processes
+    if n is not None:
+        return n
+    import torch
+
+    from compress.train import resolve_device
+
+    on_cpu = all(resolve_device(c.device).type == "cpu" for c in (recipe.distill.train, recipe.prune.finetune))
+    return 2 if on_cpu and torch.get_num_threads() >= 2 else 1
 
 
 def _with_latency(rec: dict, alone, interleaved) -> dict:
@@ -251,30 +284,42 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     chosen = _choose(front)
     chosen["chosen"] = True
     clock.lap("final_latency")
-    full_schedule = _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_rec["val_accuracy"], target,
-                                   frozen[chosen["trial"]].user_attrs.get("restart_state"), store)
-    if full_schedule:
-        clock.lap("full_schedule")
-        front = _still_pareto(front, chosen)  # the fully trained model may dominate a neighbour
-
-    refs_stages, refs_failed = {}, {}
+    # Everything trained after the search, side by side where there are cores for it (search.finish_processes):
+    # the chosen candidate's full schedule and the baselines. Latency is measured only once they are all made.
+    plan = _full_plan(recipe, chosen, frozen[chosen["trial"]].user_attrs.get("restart_state"), store)
+    root = out / "baselines"
+    builds = [plan.build] if plan else []  # the longest first: the no-KD student trains the chosen one's whole schedule
+    no_kd_of = recipe_of(recipe, {**chosen, "overrides": plan.restart} if plan else chosen)  # as if handed over
+    refs_failed: dict = {}  # name: the error, then its text
     if recipe.search.baselines:
         tqdm.write("baselines: teacher int8, pruned teacher, student without KD "
                    "(each kept per study and in .cache/baselines/)")
-        root = out / "baselines"
-        chosen_recipe = recipe_of(recipe, chosen)
-        for name, build in (("teacher_int8", lambda: bl.teacher_int8(recipe, data, teacher, tinfo, root)),
-                            ("teacher_pruned", lambda: bl.teacher_pruned(recipe, data, teacher, tinfo, root)),
-                            ("student_no_kd", lambda: bl.student_without_kd(chosen_recipe, data, teacher, tinfo, root))):
-            try:
-                stage = build()
-            # e.g. int8 failing its parity gate or unmeasurable on the target, a teacher that cannot be pruned
-            except CompressError as err:
-                refs_failed[name] = f"{type(err).__name__}: {err}"
-                tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
-                continue
-            refs_stages[stage.name] = stage
-    clock.lap("baselines")
+        builds.insert(0, bl.student_without_kd(no_kd_of, root))
+        builds.append(bl.teacher_pruned(recipe, root))
+        try:
+            builds.append(bl.teacher_int8(recipe, root))
+        except CompressError as err:  # a latency target that cannot run int8 graphs
+            refs_failed["teacher_int8"] = err
+    started = time.time()
+    made = bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe))
+    full_schedule = None
+    if plan:
+        stage = made.pop(plan.build.name)
+        if isinstance(stage, CompressError):
+            raise stage
+        full_schedule = _full_result(recipe, chosen, plan, stage, data, teacher_rec["val_accuracy"], target,
+                                     time.time() - started)
+        front = _still_pareto(front, chosen)  # the fully trained model may dominate a neighbour
+        if recipe.search.baselines and full_schedule["handed_over"] == "trial":  # the no-KD baseline of that one
+            made.update(bl.build_all([bl.student_without_kd(recipe_of(recipe, chosen), root)], data, teacher, tinfo))
+    # e.g. int8 failing its parity gate or unmeasurable on the target, a teacher that cannot be pruned
+    refs_failed.update({k: s for k, s in made.items() if isinstance(s, CompressError)})
+    for name, err in refs_failed.items():
+        refs_failed[name] = f"{type(err).__name__}: {err}"
+        tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
+    refs_stages = dict(sorted(((k, s) for k, s in made.items() if k not in refs_failed),
+                              key=lambda kv: _baseline_rank(kv[0])))
+    clock.lap("training_after_search")
 
     tqdm.write(f"final measurement: teacher, {len(front)} Pareto trial(s) and {len(refs_stages)} baseline(s), "
                "interleaved in one process (for the speed-ups), then each baseline alone")

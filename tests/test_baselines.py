@@ -30,17 +30,17 @@ def _recipe(*overrides):
 def test_another_study_with_the_same_model_copies_it_instead_of_training(tiny_data, tmp_path, builds, capsys):
     r = _recipe()
     teacher, tinfo = load_teacher(r.teacher)
-    first = bl.teacher_pruned(r, tiny_data, teacher, tinfo, tmp_path / "a" / "baselines")
+    first = bl.build(bl.teacher_pruned(r, tmp_path / "a" / "baselines"), tiny_data, teacher, tinfo)
     assert builds == [1]
     # Another study: its name, service level, budget and latency protocol do not change the model.
     other = _recipe("name=other", "slo.p95_ms=0.5", "search.n_trials=7", "latency.min_runs=10")
-    again = bl.teacher_pruned(other, tiny_data, teacher, tinfo, tmp_path / "b" / "baselines")
+    again = bl.build(bl.teacher_pruned(other, tmp_path / "b" / "baselines"), tiny_data, teacher, tinfo)
     assert builds == [1]
     assert again.onnx != first.onnx and again.onnx.read_bytes() == first.onnx.read_bytes()
     assert (again.name, again.macs, again.params, again.parity) == (first.name, first.macs, first.params, first.parity)
     assert "baseline teacher_pruned50: the same model as in" in capsys.readouterr().out
     # What makes the model does: another fine-tuning schedule is trained.
-    bl.teacher_pruned(_recipe("search.baseline_finetune.epochs=2"), tiny_data, teacher, tinfo, tmp_path / "c")
+    bl.build(bl.teacher_pruned(_recipe("search.baseline_finetune.epochs=2"), tmp_path / "c"), tiny_data, teacher, tinfo)
     assert builds == [1, 2]
 
 
@@ -51,7 +51,7 @@ def test_a_baseline_kept_by_the_code_before_the_shared_cache_is_still_used(tiny_
     r = _recipe()
     teacher, tinfo = load_teacher(r.teacher)
     root = tmp_path / "study" / "baselines"
-    bl.teacher_pruned(r, tiny_data, teacher, tinfo, root)
+    bl.build(bl.teacher_pruned(r, root), tiny_data, teacher, tinfo)
     meta = root / "teacher_pruned50" / "stage.json"
     m = json.loads(meta.read_text())  # as that code wrote it: keyed by the whole recipe's fingerprint
     pruned = bl.with_values(r, {"student.model": "teacher", "distill.enabled": False, "prune.enabled": True,
@@ -65,7 +65,7 @@ def test_a_baseline_kept_by_the_code_before_the_shared_cache_is_still_used(tiny_
         for f in entry.iterdir():
             f.unlink()
         entry.rmdir()
-    bl.teacher_pruned(r, tiny_data, teacher, tinfo, root)
+    bl.build(bl.teacher_pruned(r, root), tiny_data, teacher, tinfo)
     assert builds == [1]
 
 
@@ -83,7 +83,7 @@ def test_the_int8_teacher_is_left_out_where_the_target_cannot_run_int8(monkeypat
     from compress.errors import TargetError
 
     with pytest.raises(TargetError, match="cannot run int8 ONNX graphs"):
-        bl.teacher_int8(recipe, None, None, {}, None)
+        bl.teacher_int8(recipe, None)
 
 
 def test_the_cache_key_resolves_bf16_on_each_schedules_own_device(monkeypatch):
@@ -108,3 +108,44 @@ def test_the_cache_key_resolves_bf16_on_each_schedules_own_device(monkeypatch):
     assert key(device="cpu") is False  # was True: the key asked about resolve_device("auto")
     mixed = recipe_from_dict({"name": "x", "distill": {"train": {"device": "cpu"}}})
     assert bl.model_key(mixed, data, tinfo)["native_bf16"] == [False, True]
+
+
+def test_models_trained_side_by_side_are_the_ones_one_process_makes(tiny_data, tmp_path, monkeypatch, capfd):
+    """search.finish_processes: the models after the search train in processes of their own, this process's
+    threads shared out (2 here: 1 each). Each is the model one 1-thread process makes, bit for bit; each one's
+    lines carry its name; one that fails comes back as its error while the others finish; kept ones are not
+    trained again."""
+    import numpy as np
+    import torch
+
+    from compress.errors import TeacherError
+    from compress.export import onnx_logits
+
+    r = _recipe("distill.train.epochs=1")
+    teacher, tinfo = load_teacher(r.teacher)
+
+    def builds(root):
+        monkeypatch.setattr(bl, "CACHE_DIR", root / "cache")
+        broken = bl.with_values(r, {"teacher.checkpoint": str(tmp_path / "missing.pt")})
+        return [bl.student_without_kd(r, root), bl.teacher_pruned(r, root), bl.Build("broken", broken, root)]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        side = bl.build_all(builds(tmp_path / "side"), tiny_data, teacher, tinfo, processes=2)
+        torch.set_num_threads(1)
+        alone = {b.name: bl.build(b, tiny_data, teacher, tinfo) for b in builds(tmp_path / "alone")[:2]}
+    finally:
+        torch.set_num_threads(threads)
+    out = capfd.readouterr().out
+    assert "training 3 models side by side, 2 at a time with 1 thread(s) each" in out
+    assert "[student_no_kd] " in out
+    assert isinstance(side["broken"], TeacherError) and "missing.pt" in str(side["broken"])
+    x = tiny_data.val.inputs().numpy()
+    for name, stage in alone.items():
+        assert side[name].onnx.parent == tmp_path / "side" / name
+        np.testing.assert_array_equal(onnx_logits(side[name].onnx, x), onnx_logits(stage.onnx, x))
+    # Run again (a report written again): both kept, nothing trained, no processes started.
+    again = bl.build_all(builds(tmp_path / "side")[:2], tiny_data, teacher, tinfo, processes=2)
+    assert "side by side" not in capfd.readouterr().out
+    assert {k: v.onnx for k, v in again.items()} == {k: side[k].onnx for k in again}

@@ -14,6 +14,17 @@ def _recipe(*overrides):
     return load_recipe("recipes/tiny_search.yaml", list(overrides))
 
 
+def _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_val, target):
+    """What the study does with its chosen trial after the search, on its own: planned, built, judged."""
+    import compress.baselines as bl
+    from compress.study import _full_plan, _full_result
+
+    plan = _full_plan(recipe, chosen)
+    if plan is None:
+        return None
+    return _full_result(recipe, chosen, plan, bl.build(plan.build, data, teacher, tinfo), data, teacher_val, target, 0)
+
+
 def test_short_schedule_cuts_every_schedule_the_candidate_trains():
     r = _recipe("search.halving.enabled=true", "distill.train.epochs=8", "prune.finetune.epochs=4")
     assert short_schedule(with_values(r, {"prune.enabled": True})) == {"distill.train.epochs": 2,
@@ -179,7 +190,6 @@ def test_the_chosen_candidate_kept_short_is_trained_on_its_full_schedule(tiny_da
     """Cheap early, exact late: the model handed over gets the schedule the recipe asks for, replaces the short
     one only when at least as accurate on validation, and a report run again does not train it again."""
     import compress.baselines as bl
-    from compress.study import _full_schedule
     from compress.teacher import load_teacher
 
     monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
@@ -270,7 +280,6 @@ def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data,
     the rest of its full schedule from the state its trial saved: the model its promotion would have made."""
     import compress.baselines as bl
     from compress.pipeline import RESTART_STATE, compress_student
-    from compress.study import _full_schedule
     from compress.teacher import load_teacher
 
     monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")

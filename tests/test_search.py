@@ -31,8 +31,8 @@ def test_three_trial_search_writes_every_output(tiny_study):
     assert summary["n_trials_complete"] + summary["n_trials_pruned"] == 3
     # Where the wall time went: every phase this run went through, adding up to (at most) the whole.
     phases = summary["phases_s"]
-    assert list(phases) == ["setup", "search", "waiting_for_workers", "final_latency", "baselines", "paired_tests",
-                            "capacity"]
+    assert list(phases) == ["setup", "search", "waiting_for_workers", "final_latency", "training_after_search",
+                            "paired_tests", "capacity"]
     assert phases["search"] > 0 and sum(phases.values()) <= summary["wall_time_s"] + 0.1 * len(phases)
     assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
     for b in summary["baselines"].values():
@@ -270,8 +270,9 @@ def test_bad_branches_are_clear_errors(space, message):
         recipe_from_dict({"name": "x", "search": {"space": space}})
 
 
-def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeypatch):
-    """An int8 baseline failing its parity gate (as on CPUs without VNNI) leaves the report intact."""
+def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeypatch, capfd):
+    """An int8 baseline failing its parity gate (as on CPUs without VNNI) leaves the report intact; the other
+    two train side by side (search.finish_processes), each in a process of its own."""
     import compress.baselines as bl
     from compress.errors import ParityError
     from compress.recipe import load_recipe
@@ -281,11 +282,14 @@ def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeyp
         raise ParityError("int8 top-1 agreement with PyTorch is 0.9400")
 
     monkeypatch.setattr(bl, "teacher_int8", fails)
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")  # nothing kept from another test's run
     recipe = load_recipe("recipes/tiny_search.yaml", [
         f"output_dir={tmp_path}", "search.n_trials=1", "search.startup_trials=1", "data.train_subset=300",
         "search.baseline_finetune.epochs=0", "distill.train.epochs=1", "capacity.enabled=false",
-        "latency.max_seconds=0.1", "latency.min_runs=20"])
+        "latency.max_seconds=0.1", "latency.min_runs=20", "search.finish_processes=2"])
     summary = run_study(recipe)
+    out = capfd.readouterr().out
+    assert "training 2 models side by side, 2 at a time" in out and "[student_no_kd] " in out
     assert "teacher_int8" not in summary["baselines"] and "0.9400" in summary["baselines_failed"]["teacher_int8"]
     assert "teacher_pruned50" in summary["baselines"]  # the others are still built and judged
     assert set(summary["baselines"]) | set(summary["baselines_failed"]) == {"teacher_pruned50", "student_no_kd", "teacher_int8"}
