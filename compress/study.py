@@ -288,9 +288,11 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     # the chosen candidate's full schedule and the baselines. Latency is measured only once they are all made.
     plan = _full_plan(recipe, chosen, frozen[chosen["trial"]].user_attrs.get("restart_state"), store)
     root = out / "baselines"
-    builds = [plan.build] if plan else []  # the longest first: the no-KD student trains the chosen one's whole schedule
+    # In the order they start, the longest first: the no-KD student (the chosen one's whole schedule), the rest of
+    # the chosen one's full schedule, the pruned teacher (2 epochs), the int8 teacher (no training).
+    builds = [plan.build] if plan else []
     no_kd_of = recipe_of(recipe, {**chosen, "overrides": plan.restart} if plan else chosen)  # as if handed over
-    refs_failed: dict = {}  # name: the error, then its text
+    unbuilt: dict[str, CompressError] = {}
     if recipe.search.baselines:
         tqdm.write("baselines: teacher int8, pruned teacher, student without KD "
                    "(each kept per study and in .cache/baselines/)")
@@ -299,7 +301,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
         try:
             builds.append(bl.teacher_int8(recipe, root))
         except CompressError as err:  # a latency target that cannot run int8 graphs
-            refs_failed["teacher_int8"] = err
+            unbuilt["teacher_int8"] = err
     started = time.time()
     made = bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe))
     full_schedule = None
@@ -313,10 +315,10 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
         if recipe.search.baselines and full_schedule["handed_over"] == "trial":  # the no-KD baseline of that one
             made.update(bl.build_all([bl.student_without_kd(recipe_of(recipe, chosen), root)], data, teacher, tinfo))
     # e.g. int8 failing its parity gate or unmeasurable on the target, a teacher that cannot be pruned
-    refs_failed.update({k: s for k, s in made.items() if isinstance(s, CompressError)})
-    for name, err in refs_failed.items():
-        refs_failed[name] = f"{type(err).__name__}: {err}"
-        tqdm.write(f"baseline {name} could not be built, left out of the comparison: {refs_failed[name]}")
+    unbuilt.update({k: s for k, s in made.items() if isinstance(s, CompressError)})
+    refs_failed = {name: f"{type(err).__name__}: {err}" for name, err in unbuilt.items()}
+    for name, why in refs_failed.items():
+        tqdm.write(f"baseline {name} could not be built, left out of the comparison: {why}")
     refs_stages = dict(sorted(((k, s) for k, s in made.items() if k not in refs_failed),
                               key=lambda kv: _baseline_rank(kv[0])))
     clock.lap("training_after_search")
