@@ -242,11 +242,18 @@ class HalvingConfig(_Section):
     training goes on from that model for the rest of the epochs (a warm restart, recorded in its recipe as
     ``restart_epochs``), so promotion costs no retraining. Otherwise the short model is finished as the
     short schedule's recipe says (its later schedules cut too) and is the trial's result: a real model,
-    measured like any other, that may stand on the front with the epochs it had recorded in its recipe."""
+    measured like any other, that may stand on the front with the epochs it had recorded in its recipe.
+
+    ``front``: a rung winner is not promoted either when it cannot reach the Pareto front: a finished trial
+    at least as fast (its trial-time p95 against this candidate's, timed before training by
+    ``search.skip_slow``) is already at least as accurate as this short schedule's accuracy plus the most any
+    candidate of its family has gained from the rest of its full schedule. Until one of the family has
+    finished a full schedule there is no gain to go by, and ranks alone decide."""
 
     enabled: bool = False
     short_fraction: float = Field(0.25, gt=0, lt=1)
     reduction_factor: int = Field(3, ge=2)
+    front: bool = True
 
 
 class SearchConfig(_Section):

@@ -58,7 +58,9 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
     data["output_dir"] = "."
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
     del resolved["search"]["finish_processes"]  # how the models after the search are trained, not which
-    if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json"):
+    if resolved["search"]["halving"]["front"]:
+        del resolved["search"]["halving"]["front"]  # on, its default: studies made before it existed still resume
+    if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json", exclude={"front"}):
         del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
     return fingerprint_of(as_before_bf16_auto(resolved) if before_bf16_auto else resolved)
 
@@ -153,6 +155,31 @@ def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float) ->
     promoted = not rung.should_prune()
     rungs.tell(rung, short_val)
     return promoted, f"{rungs.study_name}#{rung.number}"
+
+
+def cannot_reach_front(study: optuna.Study, family: str, short_val: float, p95_ms: float | None) -> str | None:
+    """Why a candidate of ``family`` whose short schedule gave ``short_val`` (validation accuracy) and whose
+    architecture was timed at ``p95_ms`` before training cannot reach the front with its full schedule, or
+    None (search.halving.front): a finished trial as fast is already as accurate as ``short_val`` plus the
+    largest gain a trial of the family made from its short schedule to its full one. None as well before any
+    such gain is known, or without a time for the candidate."""
+    if p95_ms is None:
+        return None
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+    gains = [t.user_attrs["metrics"]["val_accuracy"] - t.user_attrs["halving"]["short_val_accuracy"] for t in done
+             if t.user_attrs.get("halving", {}).get("promoted") and t.user_attrs["halving"].get("family") == family]
+    if not gains:
+        return None
+    reach = short_val + max(gains)
+    better = [t for t in done if t.user_attrs["metrics"]["latency_p95_ms"] <= p95_ms
+              and t.user_attrs["metrics"]["val_accuracy"] >= reach]
+    if not better:
+        return None
+    t = max(better, key=lambda t: t.user_attrs["metrics"]["val_accuracy"])
+    m = t.user_attrs["metrics"]
+    return (f"trial {t.number} is as fast (p95 {m['latency_p95_ms']:.3f} <= {p95_ms:.3f} ms) and already "
+            f"{100 * m['val_accuracy']:.2f}% accurate, at least the {100 * reach:.2f}% this one would reach with the "
+            f"largest gain a {family} candidate made from its full schedule ({100 * max(gains):+.2f} pp)")
 
 
 def rest_overruns(study: optuna.Study, recipe: Recipe, short: dict[str, int], short_s: float) -> str | None:
@@ -293,6 +320,7 @@ class Objective:
         work.mkdir(parents=True)
         paused0 = hostlock.paused_s
         slo = r.slo.p95_ms
+        probe = None
         if r.search.skip_slow and slo is not None:  # latency first: is it worth training?
             probe = probe_latency(r, self.data, self.teacher, work)
             lo = probe.p95_ci95_ms[0]
@@ -317,15 +345,20 @@ class Objective:
             def at_restart(acc: float, seconds: float) -> bool:
                 promoted, rung = promote(self.study, self.recipe, tier, acc)
                 trial.set_user_attr("rung", rung)
-                late = promoted and rest_overruns(self.study, r, short, seconds)
-                goes_on = promoted and not late
-                halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on}
-                if late:
-                    halving["late"] = late
+                behind = promoted and r.search.halving.front and cannot_reach_front(
+                    self.study, r.student.model, acc, probe.p95_ms if probe else None)
+                late = promoted and not behind and rest_overruns(self.study, r, short, seconds)
+                goes_on = promoted and not behind and not late
+                halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on,
+                           "family": r.student.model}
+                for key, why in (("behind", behind), ("late", late)):
+                    if why:
+                        halving[key] = why
                 trial.set_user_attr("halving", halving)
                 # The epochs its model had, so that its recipe says how it was made.
                 trial.set_user_attr("overrides", restart if goes_on else short)
                 tqdm.write(f"trial {trial.number}: short schedule val_acc {acc:.4f} in tier {tier}: " + (
+                    f"{behind}: not promoted, finished as the short schedule" if behind else
                     f"{late}: finished as the short schedule" if late else "promoted, training goes on"
                     if promoted else "not promoted, finished as the short schedule"))
                 return goes_on

@@ -450,6 +450,8 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock
         "n_trials_promoted": sum(t.user_attrs.get("halving", {}).get("promoted") is True for t in study.trials),
         # ... of the short ones, those that won their rung but whose full schedule would have overrun search.timeout_s
         "n_trials_short_for_budget": sum(bool(t.user_attrs.get("halving", {}).get("late")) for t in study.trials),
+        # ... and those that won their rung but could not reach the front (search.halving.front)
+        "n_trials_short_behind_front": sum(bool(t.user_attrs.get("halving", {}).get("behind")) for t in study.trials),
         "n_trials_failed": states.count(TrialState.FAIL),
         "pareto_size": len(front),
         "pareto_latency_span": max(p50s) / min(p50s),
@@ -559,9 +561,11 @@ def print_study_summary(summary: dict) -> None:
     print(summary_table(summary))
     slow = summary.get("n_trials_untrained_too_slow")
     short, late = summary.get("n_trials_short_schedule"), summary.get("n_trials_short_for_budget")
+    behind = summary.get("n_trials_short_behind_front")
+    why = [f"{late} for the time budget"] * bool(late) + [f"{behind} as they could not reach the front"] * bool(behind)
     print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned"
           + (f", {slow} too slow to train (timed untrained)" if slow else "")
-          + (f"; {short} kept their short schedule" + (f" ({late} of them for the time budget)" if late else "")
+          + (f"; {short} kept their short schedule" + (f" (of them: {', '.join(why)})" if why else "")
              + f", {summary['n_trials_promoted']} promoted to the full one"
              if short or summary.get("n_trials_promoted") else "") + "; "
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")

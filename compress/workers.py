@@ -191,6 +191,7 @@ class Progress:
             if h:
                 what += (f" (promoted: short schedule gave {100 * h['short_val_accuracy']:.2f}%)" if h["promoted"] else
                          " (short schedule: the time budget ends before its full one)" if h.get("late") else
+                         " (short schedule: it could not reach the front)" if h.get("behind") else
                          " (short schedule, not promoted)")
         else:
             what = trial.state.name.lower()

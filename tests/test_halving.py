@@ -7,7 +7,7 @@ import pytest
 
 from compress.recipe import load_recipe, with_values
 from compress.search import promote, search_fingerprint, short_schedule
-from compress.study import run_study
+from compress.study import print_study_summary, run_study
 
 
 def _recipe(*overrides):
@@ -136,6 +136,73 @@ def test_a_search_with_halving_trains_short_first_and_records_what_each_model_ha
         assert train["epochs"] == 2 and "restart_epochs" not in train
 
 
+def _done(val, p95, family=None, short_val=None):
+    """A finished trial as the search leaves it: measured; with ``family``, promoted from ``short_val``."""
+    attrs = {"metrics": {"val_accuracy": val, "latency_p95_ms": p95}}
+    if family:
+        attrs["halving"] = {"promoted": True, "short_val_accuracy": short_val, "family": family}
+    return optuna.trial.create_trial(values=[val, p95], user_attrs=attrs)
+
+
+def test_a_rung_winner_that_cannot_reach_the_front_is_not_promoted():
+    from compress.search import cannot_reach_front
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(_done(0.93, 0.20))  # a finished trial that was never cut short: no gain to go by
+    assert cannot_reach_front(study, "cnn", 0.85, 0.30) is None
+    study.add_trial(_done(0.90, 0.50, "teacher", 0.80))  # another family's gain (+10 pp) says nothing of cnn's
+    assert cannot_reach_front(study, "cnn", 0.85, 0.30) is None
+    study.add_trial(_done(0.88, 0.06, "cnn", 0.86))  # a cnn gained 2 pp from its full schedule
+    # 85% + 2 pp = 87% at best, and trial 0 is as fast and 93%: not worth the full schedule.
+    why = cannot_reach_front(study, "cnn", 0.85, 0.30)
+    assert why.startswith("trial 0 is as fast") and "87.00%" in why and "+2.00 pp" in why
+    # Faster than every finished trial: it could stand on the front, whatever its accuracy.
+    assert cannot_reach_front(study, "cnn", 0.60, 0.04) is None
+    # As fast as trial 2 (0.06 ms) only: trial 2's 88% is not out of reach of 86.5% + 2 pp.
+    assert cannot_reach_front(study, "cnn", 0.865, 0.06) is None
+    assert cannot_reach_front(study, "cnn", 0.855, 0.06).startswith("trial 2 is as fast")
+    assert cannot_reach_front(study, "cnn", 0.85, None) is None  # not timed before training (no service level)
+
+
+@pytest.mark.timeout(600)
+def test_a_study_keeps_a_rung_winner_behind_the_front_short(tmp_path, capsys, monkeypatch):
+    import compress.search as search
+
+    seen = []
+
+    def behind(study, family, short_val, p95_ms):  # the rule itself is tested above; here, what a study does with it
+        seen.append((family, p95_ms))
+        return "trial 0 is as fast and already more accurate" if len(seen) > 1 else None
+
+    monkeypatch.setattr(search, "cannot_reach_front", behind)
+    r = _recipe(f"output_dir={tmp_path}", "search.halving.enabled=true", "distill.train.epochs=4",
+                "search.baselines=false", "capacity.enabled=false", "search.n_trials=2", "search.startup_trials=2",
+                "search.skip_slow=true", "slo.p95_ms=10",  # timed before training: a p95 for the rule, none too slow
+                "search.space={student.width: [8, 16], prune.enabled: [false], quantize.enabled: [false]}")
+    summary = run_study(r)
+    trials = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db").trials
+    # Each is the first of its tier (width 8 and 16 differ 4x in MACs): both win their rung; the rule is asked
+    # with the architecture's p95 timed before training, and keeps the second short.
+    assert len(seen) == 2 and all(family == "cnn" and p95 > 0 for family, p95 in seen)
+    h = trials[1].user_attrs["halving"]
+    assert h["promoted"] is False and h["behind"] == "trial 0 is as fast and already more accurate"
+    assert h["family"] == "cnn" and trials[1].user_attrs["overrides"] == {"distill.train.epochs": 1}
+    assert trials[0].user_attrs["halving"]["promoted"] is True
+    assert summary["n_trials_short_behind_front"] == summary["n_trials_short_schedule"] == 1
+    assert "more accurate: not promoted, finished as the short schedule" in capsys.readouterr().out
+    print_study_summary(summary)
+    assert "1 kept their short schedule (of them: 1 as they could not reach the front)" in capsys.readouterr().out
+
+
+def test_the_front_rule_is_on_by_default_and_keeps_older_studies_resumable():
+    on = _recipe("search.halving.enabled=true")
+    assert on.search.halving.front is True
+    assert search_fingerprint(on) == search_fingerprint(_recipe("search.halving.enabled=true",
+                                                                "search.halving.front=true"))
+    assert search_fingerprint(on) != search_fingerprint(_recipe("search.halving.enabled=true",
+                                                                "search.halving.front=false"))
+
+
 def test_promotion_waits_for_the_time_budget(monkeypatch):
     """A rung winner goes on only when the rest of its full schedule, at its short schedule's pace, ends within
     search.timeout_s of the study's busy time."""
@@ -183,7 +250,7 @@ def test_a_rung_winner_past_the_budget_is_finished_as_its_short_schedule(tmp_pat
     from compress.study import print_study_summary
 
     print_study_summary(summary)
-    assert "1 kept their short schedule (1 of them for the time budget)" in capsys.readouterr().out
+    assert "1 kept their short schedule (of them: 1 for the time budget)" in capsys.readouterr().out
 
 
 def test_the_chosen_candidate_kept_short_is_trained_on_its_full_schedule(tiny_data, tmp_path, monkeypatch):
