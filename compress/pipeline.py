@@ -22,7 +22,7 @@ from compress import __version__
 from compress.data import Dataset, batches, calibration_inputs, load_dataset
 from compress.export import check_parity, export_onnx, onnx_accuracy, onnx_correct
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
-from compress.errors import TargetError
+from compress.errors import ParityError, TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
 from compress.models import build_model, takes_argument
 from compress.recipe import PruneConfig, Recipe, RecipeError, public_yaml, space_choices, with_values
@@ -188,7 +188,8 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path)
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
                      on_epoch: Callable[[int, float], None] | None = None,
                      at_restart: Callable[[float, float], bool] | None = None,
-                     short: dict | None = None, state: Path | None = None) -> list[Stage]:
+                     short: dict | None = None, state: Path | None = None,
+                     int8_rejected: Callable[[ParityError], None] | None = None) -> list[Stage]:
     """Distil (or train) the student, prune + fine-tune, export and quantize; one Stage per model made.
 
     A scratch student is distilled with ``distill.train``, then pruned and fine-tuned with
@@ -202,6 +203,8 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     recipe with the ``short`` overrides, so the model is the one ``with_values(recipe, short)`` makes.
     ``state`` is that first schedule's restart state (``train_``): saved there when it stops, resumed from
     when it exists, so the rest of a candidate kept short can be trained later without its first cycle.
+    ``int8_rejected`` (the search): when the int8 copy fails its parity gate, it is called with the error and
+    the fp32 stages are returned, so the trained model is not lost; without it the error propagates.
     """
     torch.manual_seed(recipe.seed)
     d, p, q = recipe.distill, recipe.prune, recipe.quantize
@@ -230,7 +233,13 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     if q.enabled:
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
         path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)
-        parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
+        try:
+            parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
+        except ParityError as err:
+            if int8_rejected is None:
+                raise
+            int8_rejected(err)
+            return stages
         stages.append(Stage.of(path.stem, path, student, True, {**parity, "calibration_fingerprint": calib_fp,
                                                                 "reduce_range": reduce_range(q)},
                                data.spec))

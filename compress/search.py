@@ -392,10 +392,20 @@ class Objective:
         return val, p95
 
     def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None, at_restart=None, short=None) -> list:
-        """compress_student, with a failure recorded on the trial (a pruned trial leaves no files)."""
+        """compress_student, with a failure recorded on the trial (a pruned trial leaves no files). A candidate
+        whose int8 copy fails its parity gate is finished in fp32, recorded as such (``int8_rejected``, and
+        quantize.enabled false among its overrides, so its recipe makes its model): its training is not lost,
+        and the sampler learns what int8 gave there (nothing) instead of proposing it again, as it does a
+        failed trial's parameters."""
+
+        def rejected(err: Exception) -> None:
+            trial.set_user_attr("int8_rejected", str(err)[:500])
+            trial.set_user_attr("overrides", {**trial.user_attrs.get("overrides", {}), "quantize.enabled": False})
+            tqdm.write(f"trial {trial.number}: int8 failed its parity gate, finished in fp32: {str(err)[:300]}")
+
         try:
             return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch, at_restart, short,
-                                    state=work / RESTART_STATE if short else None)
+                                    state=work / RESTART_STATE if short else None, int8_rejected=rejected)
         except optuna.TrialPruned:
             shutil.rmtree(work, ignore_errors=True)
             raise

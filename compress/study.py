@@ -78,7 +78,8 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "artifact_path": str(out / t.user_attrs["artifact_path"]) if "artifact_path" in t.user_attrs else None,
             "latency_measured": "trial" if m else "untrained" if "untrained" in t.user_attrs else None,
             "untrained": t.user_attrs.get("untrained"),
-            # search.halving: the short schedule's epochs (not promoted) or its restart (promoted)
+            # search.halving: the short schedule's epochs (not promoted) or its restart (promoted); quantize.enabled
+            # false where the int8 copy failed its parity gate (int8_rejected)
             "overrides": t.user_attrs.get("overrides", {}),
             "schedule": ("short" if t.user_attrs["halving"]["promoted"] is False else "full")
             if "halving" in t.user_attrs else None,
@@ -452,6 +453,8 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock
         "n_trials_short_for_budget": sum(bool(t.user_attrs.get("halving", {}).get("late")) for t in study.trials),
         # ... and those that won their rung but could not reach the front (search.halving.front)
         "n_trials_short_behind_front": sum(bool(t.user_attrs.get("halving", {}).get("behind")) for t in study.trials),
+        # int8 copies that failed their parity gate: those candidates were finished in fp32
+        "n_trials_int8_rejected": sum("int8_rejected" in t.user_attrs for t in study.trials),
         "n_trials_failed": states.count(TrialState.FAIL),
         "pareto_size": len(front),
         "pareto_latency_span": max(p50s) / min(p50s),
@@ -561,10 +564,11 @@ def print_study_summary(summary: dict) -> None:
     print(summary_table(summary))
     slow = summary.get("n_trials_untrained_too_slow")
     short, late = summary.get("n_trials_short_schedule"), summary.get("n_trials_short_for_budget")
-    behind = summary.get("n_trials_short_behind_front")
+    behind, rejected = summary.get("n_trials_short_behind_front"), summary.get("n_trials_int8_rejected")
     why = [f"{late} for the time budget"] * bool(late) + [f"{behind} as they could not reach the front"] * bool(behind)
     print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned"
           + (f", {slow} too slow to train (timed untrained)" if slow else "")
+          + (f", {rejected} finished in fp32 (int8 failed its parity gate)" if rejected else "")
           + (f"; {short} kept their short schedule" + (f" (of them: {', '.join(why)})" if why else "")
              + f", {summary['n_trials_promoted']} promoted to the full one"
              if short or summary.get("n_trials_promoted") else "") + "; "

@@ -187,6 +187,8 @@ class Progress:
             m = trial.user_attrs["metrics"]
             what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
                 "" if max(constraints(trial)) <= 0 else " (infeasible)")
+            if "int8_rejected" in trial.user_attrs:
+                what += " (fp32: int8 failed its parity gate)"
             h = trial.user_attrs.get("halving")
             if h:
                 what += (f" (promoted: short schedule gave {100 * h['short_val_accuracy']:.2f}%)" if h["promoted"] else
