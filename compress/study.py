@@ -83,7 +83,8 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "overrides": t.user_attrs.get("overrides", {}),
             "schedule": ("short" if t.user_attrs["halving"]["promoted"] is False else "full")
             if "halving" in t.user_attrs else None,
-            "probe_latency_p95_ms": t.user_attrs.get("probe", {}).get("latency_p95_ms")}
+            "probe_latency_p95_ms": t.user_attrs.get("probe", {}).get("latency_p95_ms"),
+            "int8_rejected": t.user_attrs.get("int8_rejected")}
 
 
 def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
@@ -536,7 +537,8 @@ def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep
         "service_level": {"p95_ms": recipe.slo.p95_ms, "max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
                           "batch": recipe.slo.batch.model_dump() if recipe.slo.batch else None, "met": summary["slo_met"]},
         "capacity": summary.get("capacity"), "currency": recipe.cost.currency,
-        "trial": {"number": chosen["trial"], "params": chosen["params_"]},
+        "trial": {"number": chosen["trial"], "params": chosen["params_"],
+                  **({"int8_rejected": chosen["int8_rejected"]} if chosen.get("int8_rejected") else {})},
         "recipe": public_dict(made),
         "lineage": {"teacher_sha256": summary["teacher_sha256"], "dataset_fingerprint": summary["data_fingerprint"],
                     "calibration_fingerprint": parity.get("calibration_fingerprint"), "seed": recipe.seed,

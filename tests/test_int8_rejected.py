@@ -37,6 +37,13 @@ def test_a_candidate_whose_int8_fails_its_gate_is_kept_in_fp32(tmp_path, capsys,
     assert recipe_of(r, chosen).quantize.enabled is False
     out = capsys.readouterr().out
     assert out.count("int8 failed its parity gate, finished in fp32") == 2
+    # The bundle says so to the serving team: its recipe is fp32, and the card says why.
+    import json
+
+    manifest = json.loads((tmp_path / r.name / "artifact" / "manifest.json").read_text())
+    assert manifest["recipe"]["quantize"]["enabled"] is False and "0.9000" in manifest["trial"]["int8_rejected"]
+    card = (tmp_path / r.name / "artifact" / "MODEL_CARD.md").read_text()
+    assert "Its int8 copy failed the parity gate, so the model is fp32" in card
     print_study_summary(summary)
     assert "2 finished in fp32 (int8 failed its parity gate)" in capsys.readouterr().out
 

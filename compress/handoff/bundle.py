@@ -244,7 +244,9 @@ def _card(m: dict, spec: InputSpec) -> str:
         lines += [f"Online: {o['replicas']} replica(s), {o['cores']} core(s), {o['cost_per_hour']:.3f} {cur} per hour.", ""]
     lines += ["## How it was made", "",
               f"Trial {m['trial']['number']} of study `{m['name']}`; parameters: "
-              + ", ".join(f"`{k}={v}`" for k, v in m["trial"]["params"].items()) + ".",
+              + ", ".join(f"`{k}={v}`" for k, v in m["trial"]["params"].items()) + "."
+              + (" Its int8 copy failed the parity gate, so the model is fp32 (`quantize.enabled: false` in the "
+                 f"recipe): {m['trial']['int8_rejected']}" if m["trial"].get("int8_rejected") else ""),
               "The full resolved recipe is in `manifest.json` under `recipe`.", "",
               "Lineage: " + ", ".join(f"{k} `{v}`" for k, v in m["lineage"].items()) + ".", "",
               "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".", "",
