@@ -128,8 +128,9 @@ def _full_plan(recipe: Recipe, chosen: dict, saved_state: dict | None = None, st
     fraction, short = recipe.search.train_fraction, chosen.get("schedule") == "short"
     if not short and fraction >= 1:
         return None
-    full = with_values(recipe, chosen["params_"])
-    trial_schedule = chosen["overrides"] if short else {}
+    fp32 = {"quantize.enabled": False} if chosen.get("int8_rejected") else {}  # its int8 failed the gate: as the trial
+    full = with_values(recipe, {**chosen["params_"], **fp32})
+    trial_schedule = {k: v for k, v in chosen["overrides"].items() if k not in fp32} if short else {}
     cut = [f"{k} {v} of {space_leaf(full, k)}" for k, v in trial_schedule.items() if v != space_leaf(full, k)]
     cut += [f"{fraction:g} of the training split"] if fraction < 1 else []
     # Where the trial stopped at its restart on the whole split, its saved state lets the rest of the schedule
@@ -138,10 +139,10 @@ def _full_plan(recipe: Recipe, chosen: dict, saved_state: dict | None = None, st
     saved_state = saved_state or {}
     resumed = short and fraction >= 1 and _fetch(state, saved_state.get("sha256"), saved_state.get("artifact"), store,
                                                  f"trial {chosen['trial']}: its restart state")
-    restart = {}
+    restart = dict(fp32)
     if resumed:
         first = first_schedule(full)
-        restart = {f"{first}.restart_epochs": trial_schedule[f"{first}.epochs"]}
+        restart[f"{first}.restart_epochs"] = trial_schedule[f"{first}.epochs"]
         full = with_values(full, restart)
     tqdm.write(f"chosen trial #{chosen['trial']} was trained on {', '.join(cut)}: training it on its full schedule "
                "and the whole training split, the model handed over"

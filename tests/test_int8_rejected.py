@@ -62,3 +62,19 @@ def test_a_single_run_still_stops_on_a_failing_int8_gate(tiny_data, tmp_path, mo
     teacher, info = load_teacher(r.teacher, tiny_data.spec)
     with pytest.raises(ParityError, match="int8 disagrees"):
         pipeline.compress_student(r, tiny_data, teacher, info, tmp_path)
+
+
+def test_a_short_chosen_candidate_kept_in_fp32_gets_its_full_schedule_in_fp32(tmp_path):
+    """Handed over with its full schedule after the search (search.halving kept it short), it stays the fp32
+    model its trial made, and so does the recipe it is handed over with (and its no-KD baseline's)."""
+    from compress.study import _full_plan
+
+    r = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.halving.enabled=true",
+                                                 "distill.train.epochs=4"])
+    chosen = {"trial": 0, "schedule": "short", "params_": {"student.width": 8, "quantize.enabled": True},
+              "overrides": {"distill.train.epochs": 1, "quantize.enabled": False}, "int8_rejected": "agreement 0.90",
+              "artifact_path": str(tmp_path / "trials" / "0000" / "model.onnx")}
+    plan = _full_plan(r, chosen)
+    assert plan.build.recipe.quantize.enabled is False and plan.build.recipe.distill.train.epochs == 4
+    assert plan.trial_schedule == {"distill.train.epochs": 1} and plan.restart == {"quantize.enabled": False}
+    assert recipe_of(r, {**chosen, "overrides": plan.restart}).quantize.enabled is False
