@@ -70,13 +70,32 @@ def _study_recipe(args):
     return load_recipe(args.recipe, overrides)
 
 
+def _search_argv(args) -> list[str]:
+    """This ``compress search``'s arguments, for the workers it starts (search.workers)."""
+    argv = ["search", args.recipe]
+    for o in args.overrides:
+        argv += ["--set", o]
+    for flag, value in (("--storage", args.storage), ("--artifacts", args.artifacts),
+                        ("--n-trials", getattr(args, "n_trials", None)), ("--timeout", getattr(args, "timeout", None))):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _cmd_search(args, report_only: bool = False) -> int:
     from compress.study import print_study_summary, run_study
+    from compress.workers import LocalWorkers
 
     recipe = _study_recipe(args)
-    summary = run_study(recipe, report_only=report_only)
+    no_report = getattr(args, "no_report", False)
+    n = 1 if report_only or no_report else recipe.search.workers
+    with LocalWorkers(_search_argv(args), n) as workers:
+        summary = run_study(recipe, report_only=report_only, report=not no_report,
+                            before_report=workers.wait if n > 1 else None)
     if summary is None:  # another process writes (or wrote) the report
-        if not report_only:
+        if no_report:
+            print("\nthis worker is done; the worker that started it writes the report")
+        elif not report_only:
             print(f"\nthis worker is done; the study's report goes to {recipe.out_path}/ on the machine that writes "
                   "it (`compress report` with the same recipe and --storage writes it here)")
         return 0
@@ -188,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="the study's seconds of trials after which no new trial starts")
     p.add_argument("--train-threads", type=int, help="PyTorch threads for training (several workers on one machine: "
                                                      "cores / workers, so they do not oversubscribe)")
+    p.add_argument("--no-report", action="store_true", help="run trials only and leave the report to another worker "
+                                                            "(the workers that search.workers starts)")
     p.set_defaults(func=_cmd_search)
     p = sub.add_parser("report", help="write the study's report and bundle from its storage (once; again when rerun): "
                                       "final measurement, baselines, Pareto front, artifact")

@@ -286,6 +286,9 @@ class SearchConfig(_Section):
     # the steps of one 2-thread training on 2 cores (results/train_threads.json). None: 2 when training runs
     # on a CPU with at least 2 threads, else 1 (one after another, in this process).
     finish_processes: int | None = Field(None, ge=1)
+    # Worker processes `compress search` runs on this machine, all on the one study, the cores shared out among
+    # them (training threads = cores / workers). More workers on other machines join with their own command.
+    workers: int = Field(1, ge=1)
     # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
     # or branches, a sub-space per choice: student.model: {teacher: {prune.ratio: ...}, cnn: {student.width: ...}}
     space: dict[str, Any] = Field(default_factory=dict)

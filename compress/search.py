@@ -58,6 +58,7 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
     data["output_dir"] = "."
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
     del resolved["search"]["finish_processes"]  # how the models after the search are trained, not which
+    del resolved["search"]["workers"]  # how many processes run the trials, not which
     if resolved["search"]["halving"]["front"]:
         del resolved["search"]["halving"]["front"]  # on, its default: studies made before it existed still resume
     if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json", exclude={"front"}):

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -213,10 +214,13 @@ class Phases:
         self._last = now
 
 
-def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
+def run_study(recipe: Recipe, report_only: bool = False, report: bool = True,
+              before_report: Callable[[], None] | None = None) -> dict | None:
     """One worker of the study: its share of the trials, then the report when this worker is the finisher
     (see compress.workers). Returns summary.json's content, or None when another process writes the report.
-    ``report_only`` (``compress report``): no trials, the report (again)."""
+    ``report_only`` (``compress report``): no trials, the report (again). ``report`` False: trials only (a
+    worker started by another one's ``search.workers``). ``before_report``: called when this worker's trials
+    are done, before it claims the report (waits for the workers it started)."""
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     data, teacher, tinfo = prepare(recipe)
@@ -233,6 +237,11 @@ def run_study(recipe: Recipe, report_only: bool = False) -> dict | None:
     if not report_only:
         optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
         clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
+    if before_report is not None:
+        before_report()
+        clock.lap("waiting_for_workers")
+    if not report:
+        return None
     claim = claim_finisher(recipe, study, explicit=report_only)
     if claim is None:
         return None

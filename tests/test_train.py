@@ -169,3 +169,33 @@ def test_the_memory_format_probe_leaves_the_model_and_the_random_stream_alone(mo
     torch.manual_seed(0)
     assert torch.equal(after_probe, torch.rand(3))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_logits_of_images_run_channels_last_and_leave_the_model_as_it_was(tiny_data):
+    from compress.models import create_model
+    from compress.train import predict_logits
+
+    torch.manual_seed(0)
+    model = create_model("cnn", width=8, depth=1).eval()
+    split = tiny_data.val.head(64)
+    with torch.no_grad():
+        plain = model(split.inputs())
+    got = predict_logits(model, split, batch_size=16)
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)  # the same arithmetic in another layout
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()  # back in the format training and export expect
+
+
+def test_soft_targets_in_bf16_stay_close_to_fp32(tiny_data):
+    from compress.models import create_model
+    from compress.train import iter_logits
+
+    torch.manual_seed(0)
+    model = create_model("cnn", width=8, depth=1).eval()
+    split = tiny_data.val.head(64)
+    fp32 = torch.cat([lg for _, lg in iter_logits(model, split, 32)])
+    bf16 = torch.cat([lg for _, lg in iter_logits(model, split, 32, bf16=True)])
+    assert bf16.dtype == torch.float32
+    assert not torch.equal(bf16, fp32)  # autocast did run
+    soft = lambda z: torch.softmax(z / 4.0, dim=1)  # noqa: E731 - the KD targets at a typical temperature
+    assert (soft(bf16) - soft(fp32)).abs().max() < 0.02

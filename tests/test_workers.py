@@ -190,6 +190,25 @@ def test_several_processes_on_one_machine_without_a_server(kind, tmp_path):
     assert len(_reports(tmp_path)) == 1
 
 
+def test_search_workers_runs_the_study_in_several_processes_and_this_one_reports(tmp_path):
+    """search.workers 2: one command, two worker processes with 1 training thread each on one study; the
+    command's own process writes the one report after the other's last trial, and shows its lines prefixed."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    cmd = [c for c in _cmd(tmp_path, storage, 4) if c not in ("--train-threads", "1")]
+    proc = subprocess.run([*cmd, "--set", "search.workers=2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = _check_study(storage, 4)
+    pids = {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
+    assert len(pids) == 2, pids  # both processes ran trials
+    assert "search.workers = 2: 2 worker processes on this study, 1 training thread(s) each" in proc.stdout
+    assert "[worker 2] " in proc.stdout and "[worker 3]" not in proc.stdout
+    assert "[worker 2] this worker is done; the worker that started it writes the report" in proc.stdout
+    assert proc.stdout.count("servable bundle:") == 1 and "[worker 2] results:" not in proc.stdout
+    summary = json.loads((tmp_path / "tiny_search" / "summary.json").read_text())
+    assert summary["n_trials_complete"] + summary["n_trials_pruned"] == 4
+    assert "waiting_for_workers" in summary["phases_s"]
+
+
 def test_corrupt_sqlite_file_is_named_and_left_untouched(tmp_path):
     db = tmp_path / "study.db"
     db.write_bytes(b"this is not a database" * 100)

@@ -9,6 +9,7 @@ once per (teacher, data) pair and cached on disk: a student's training never run
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,21 @@ def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str,
     file that is memory-mapped, not read: a large training set's logits need not fit in memory. Keyed by
     the teacher's sha256 and the data's fingerprint, so a changed teacher or dataset never reuses them."""
     path = cache_dir / f"{teacher_sha256[:16]}-{data_fingerprint[:16]}-{len(split)}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One process computes them; another worker of the study on this machine waits for the file, then reads it.
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            tqdm.write(f"teacher logits: another process on this machine is computing them; waiting for {path}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _read_or_compute(path, teacher, split)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_or_compute(path: Path, teacher: nn.Module, split: Split) -> np.ndarray:
     if path.is_file():
         try:
             logits = np.load(path, mmap_mode="r")
@@ -48,10 +64,9 @@ def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str,
             pass  # a damaged cache file is recomputed below
     tqdm.write(f"teacher logits for {len(split):,} training samples: computing them once (about a minute for the "
                f"default teacher on 2 cores), cached as {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     out = None
-    # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.7 min -> 1 min for
+    # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.5 min -> 1 min for
     # the default teacher on the reference machine), and a model's accuracy is never measured this way.
     bf16 = native_bf16(model_device(teacher))
     for idx, logits in iter_logits(teacher, split, 500, bf16=bf16):  # written as computed: never all in memory
