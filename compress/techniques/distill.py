@@ -10,6 +10,7 @@ once per (teacher, data) pair and cached on disk: a student's training never run
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,16 @@ def _read_or_compute(path: Path, teacher: nn.Module, split: Split) -> np.ndarray
     # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.5 min -> 1 min for
     # the default teacher on the reference machine), and a model's accuracy is never measured this way.
     bf16 = native_bf16(model_device(teacher))
-    for idx, logits in iter_logits(teacher, split, 500, bf16=bf16):  # written as computed: never all in memory
-        if out is None:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), logits.shape[1]))
-        out[idx.numpy()] = logits.numpy()
+    # Every core: a neighbour worker (search.workers) that needs them waits for them meanwhile.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+    try:
+        for idx, logits in iter_logits(teacher, split, 500, bf16=bf16):  # written as computed: never all in memory
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), logits.shape[1]))
+            out[idx.numpy()] = logits.numpy()
+    finally:
+        torch.set_num_threads(threads)
     out.flush()
     del out
     tmp.replace(path)
