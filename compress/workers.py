@@ -172,15 +172,18 @@ class Progress:
     """One line per finished trial with the study-wide count (every worker's trials), its accuracy and p95,
     the best feasible trial so far, the workers running, and an ETA from the study's rate."""
 
-    def __init__(self, target: int):
-        self.target, self.start = target, time.time()
+    def __init__(self, target: int, timeout_s: float | None = None):
+        self.target, self.timeout_s, self.start = target, timeout_s, time.time()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
         done = [t for t in trials if t.state in DONE]
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        per_trial = busy_seconds(trials) / max(len(done), 1)  # the study's rate: all workers together
+        busy = busy_seconds(trials)
+        per_trial = busy / max(len(done), 1)  # the study's rate: all workers together
         eta = per_trial * max(self.target - len(done), 0)
+        if self.timeout_s is not None:  # no new trial after the time budget: the search ends by then
+            eta = min(eta, max(self.timeout_s - busy, 0.0))
         if trial.state == TrialState.COMPLETE and "untrained" in trial.user_attrs:
             what = f"p95 {trial.values[1]:.3f} ms untrained: too slow for the service level, not trained"
         elif trial.state == TrialState.COMPLETE:
@@ -217,7 +220,7 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
     data = dataclasses.replace(full, train=full.train.head(n_train))
     objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study,
                           store=artifact_store(recipe, study), claimed=lock.release)
-    progress = Progress(recipe.search.n_trials)
+    progress = Progress(recipe.search.n_trials, recipe.search.timeout_s)
     attempts, first = 0, True
     while attempts < 2 * recipe.search.n_trials:  # trials that fail with an error do not count toward the budget
         with lock:
