@@ -258,6 +258,24 @@ def test_busy_seconds_is_the_union_of_trial_intervals():
     assert busy_seconds([t(0, 10), t(5, 15), t(100, 110)]) == pytest.approx(25.0)
 
 
+def test_progress_eta_ends_at_the_time_budget(monkeypatch, capsys):
+    """With 30 trials to go at 60 s each but 100 s of the budget left, the search ends in 100 s, not 30 min."""
+    import re
+    from types import SimpleNamespace
+
+    from compress import workers
+
+    done = [SimpleNamespace(number=0, state=TrialState.COMPLETE, user_attrs={"untrained": True}, values=[0.0, 0.8])]
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: done)
+    monkeypatch.setattr(workers, "busy_seconds", lambda trials: 60.0)
+    monkeypatch.setattr(workers, "constraints", lambda t: [1.0])
+    eta = lambda out: float(re.search(r"study ETA ([0-9.]+) min", out).group(1))  # noqa: E731
+    workers.Progress(31)(study, done[0])
+    assert eta(capsys.readouterr().out) == pytest.approx(30.0)  # no budget: 30 trials at the study's rate
+    workers.Progress(31, timeout_s=160)(study, done[0])
+    assert eta(capsys.readouterr().out) == pytest.approx(100 / 60, abs=0.05)
+
+
 def test_wrong_password_is_refused_at_once_without_printing_it(postgres, tmp_path):
     url = postgres.url.replace(postgres.password, "not-the-password-123")
     t0 = time.time()
