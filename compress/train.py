@@ -135,9 +135,10 @@ def _time_steps(model: nn.Module, x: torch.Tensor, times: dict) -> None:
 @torch.no_grad()
 def iter_logits(model: nn.Module, split: Split, batch_size: int = 1000, bf16: bool = False):
     """(index, logits on the CPU) batch by batch, computed on the model's device. Images go through a CPU
-    model in channels_last (the model is back in contiguous format afterwards): 1.5-2x the samples per second
-    of contiguous for every model of the default study on the reference machine, the same arithmetic. ``bf16``:
-    in bf16 autocast (for the teacher's soft targets, where native: about 2x again there), never for accuracy."""
+    model in channels_last (the model is back in contiguous format afterwards): 1.34-2.0x the samples per second
+    of contiguous for the default study's models on the reference machine, the same arithmetic
+    (results/inference_format.json). ``bf16``: in bf16 autocast (the teacher's soft targets, where native: 2.65x
+    fp32 contiguous there), never for accuracy."""
     model.eval()
     device = model_device(model)
     fmt = torch.channels_last if device.type == "cpu" and split.raw.dim() == 4 else torch.contiguous_format

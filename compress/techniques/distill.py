@@ -67,8 +67,9 @@ def _read_or_compute(path: Path, teacher: nn.Module, split: Split) -> np.ndarray
                f"default teacher on 2 cores), cached as {path}")
     tmp = path.with_name(path.name + ".tmp")
     out = None
-    # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.5 min -> 1 min for
-    # the default teacher on the reference machine), and a model's accuracy is never measured this way.
+    # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.4 min -> 1 min for
+    # the default teacher on the reference machine: results/inference_format.json); accuracy is never
+    # measured this way.
     bf16 = native_bf16(model_device(teacher))
     # Every core: a neighbour worker (search.workers) that needs them waits for them meanwhile.
     threads = torch.get_num_threads()
