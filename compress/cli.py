@@ -91,7 +91,7 @@ def _cmd_search(args, report_only: bool = False) -> int:
     n = 1 if report_only or no_report else recipe.search.workers
     with LocalWorkers(_search_argv(args), n) as workers:
         summary = run_study(recipe, report_only=report_only, report=not no_report,
-                            before_report=workers.wait if n > 1 else None)
+                            workers=workers if n > 1 else None)
     if summary is None:  # another process writes (or wrote) the report
         if no_report:
             print("\nthis worker is done; the worker that started it writes the report")

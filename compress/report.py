@@ -34,11 +34,13 @@ def print_summary(summary: dict) -> None:
 
 # ---- the search report: works from records (dicts) alone, no torch ----
 
-def pareto_indices(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated (accuracy to maximise, latency to minimise) points, fastest first."""
+def pareto_indices(points: list[tuple[float, float]], margin: float = 1.0) -> list[int]:
+    """Indices of the non-dominated (accuracy to maximise, latency to minimise) points, fastest first. With
+    ``margin`` > 1 a point is left out only when another is at least as accurate and ``margin`` times as fast:
+    those a measurement that far off could still put on the front."""
     front = []
     for i, (acc_i, lat_i) in enumerate(points):
-        dominated = any(acc_j >= acc_i and lat_j <= lat_i and (acc_j > acc_i or lat_j < lat_i)
+        dominated = any(acc_j >= acc_i and lat_j * margin <= lat_i and (acc_j > acc_i or lat_j * margin < lat_i)
                         for j, (acc_j, lat_j) in enumerate(points) if j != i)
         if not dominated:
             front.append(i)

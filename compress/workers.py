@@ -370,6 +370,10 @@ class LocalWorkers:
         for line in p.stdout:
             tqdm.write(f"[worker {k}] {line.rstrip()}")
 
+    def running(self) -> bool:
+        """Whether another worker is still on its last trial."""
+        return any(p.poll() is None for p in self.procs)
+
     def wait(self) -> None:
         """Wait for the other workers to end (each finishes its running trial), then take the cores back."""
         import torch

@@ -33,6 +33,15 @@ def test_pareto_known_case():
     assert pareto_indices(pts) == [3, 0, 1]  # fastest first
 
 
+def test_pareto_margin_keeps_what_a_remeasurement_could_put_on_the_front():
+    """margin 1.6 (the final measurement's candidates): (0.90, 1.0) beats (0.88, 1.5) by 1.5x only, which
+    noise can undo, but (0.87, 2.0) by 2x; a point no other is as accurate as stays either way."""
+    pts = [(0.90, 1.0), (0.88, 1.5), (0.87, 2.0), (0.95, 9.0)]
+    assert pareto_indices(pts) == [0, 3]
+    assert pareto_indices(pts, margin=1.6) == [0, 1, 3]
+    assert sorted(pareto_indices(pts, margin=1.6)) == sorted(set(pareto_indices(pts)) | {1})
+
+
 def _rec(i, acc, lat, drop_ok=True, feasible=True):
     return {"trial": i, "val_accuracy": acc, "latency_p95_ms": lat, "feasible": feasible,
             "constraint": [-1 if feasible else 1, -1 if drop_ok else 1]}

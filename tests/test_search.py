@@ -405,3 +405,26 @@ def test_a_study_with_some_candidates_too_slow_untrained_reports_the_others(tmp_
     assert summary["n_trials_untrained_too_slow"] == 1 and summary["n_trials_complete"] == 2
     assert 0 not in {r["trial"] for r in json.loads((recipe.out_path / "pareto.json").read_text())["front"]}
     assert (recipe.out_path / "pareto.png").is_file()
+
+
+def test_baselines_the_search_does_not_decide_are_made_while_the_other_workers_finish(tmp_path):
+    """A worker whose neighbours (search.workers) are still on their last trials makes the pruned and the int8
+    teacher meanwhile; the report keeps those two as made and builds only the student without KD."""
+    recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=1",
+                                                       "capacity.enabled=false"])
+    made = {}
+
+    class Neighbours:  # what compress.workers.LocalWorkers offers run_study
+        def running(self):
+            return True
+
+        def wait(self):
+            made.update({p.parent.name: p.stat().st_mtime_ns for p in (recipe.out_path / "baselines").glob("*/model.onnx")})
+
+    summary = run_study(recipe, workers=Neighbours())
+    assert set(made) == {"teacher_pruned50", "teacher_int8"}
+    phases = list(summary["phases_s"])
+    assert phases.index("search") < phases.index("baselines_while_waiting") < phases.index("waiting_for_workers")
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (recipe.out_path / "baselines").glob("*/model.onnx")}
+    assert after == {**made, "student_no_kd": after["student_no_kd"]}  # the two kept, not made again
+    assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
