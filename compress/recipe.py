@@ -292,6 +292,10 @@ class SearchConfig(_Section):
     # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
     # or branches, a sub-space per choice: student.model: {teacher: {prune.ratio: ...}, cnn: {student.width: ...}}
     space: dict[str, Any] = Field(default_factory=dict)
+    # Candidates tried first, before the covering grid (Optuna's enqueue_trial): each a mapping of the study's
+    # parameter names (a branch's as <choice>/<key.path>) to values, the rest sampled; e.g.
+    # [{student.model: cnn, cnn/student.width: 8, cnn/student.depth: 2}] for one you know is worth a trial.
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class BatchRequirement(_Section):
@@ -435,6 +439,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     except ValidationError as err:
         raise RecipeError(_format_errors(source, err)) from None
     _check_space(recipe, source)
+    _check_enqueue(recipe, source)
     return recipe
 
 
@@ -569,6 +574,45 @@ def _check_space(recipe: Recipe, source: str, space: dict | None = None, prefix:
             except ValidationError as err:
                 msg = _format_errors(source, err).replace(f"  {key} =", f"  {where}: {key} =")
                 raise RecipeError(msg) from None
+
+
+def space_parameters(space: dict) -> dict[str, Any]:
+    """The study's parameter names (a branch's own as ``<choice>/<key.path>``) and their specs."""
+    names: dict[str, Any] = {}
+    for key, raw in space.items():
+        spec = space_spec(raw)
+        names[key] = spec
+        if isinstance(spec, Branches):
+            for choice, sub in spec.items():
+                names.update({f"{choice}{BRANCH_SEP}{k}": v for k, v in space_parameters(sub).items()})
+    return names
+
+
+def _check_enqueue(recipe: Recipe, source: str) -> None:
+    """Every enqueued candidate names parameters of the space, with values the space allows."""
+    params = space_parameters(recipe.search.space)
+    for i, point in enumerate(recipe.search.enqueue):
+        where = f"{source}: invalid recipe\n  search.enqueue[{i}]"
+        for name, value in point.items():
+            if name not in params:
+                raise RecipeError(f"{where}: {name!r} is not a parameter of search.space; its parameters: "
+                                  f"{', '.join(params) or 'none (search.space is empty)'}")
+            spec = params[name]
+            if isinstance(spec, Range):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and spec.low <= value <= spec.high \
+                    and not (spec.step and abs((value - spec.low) / spec.step - round((value - spec.low) / spec.step)) > 1e-9)
+                shown = f"{spec.low:g} to {spec.high:g}" + (f" in steps of {spec.step:g}" if spec.step else "")
+            else:
+                choices = list(spec) if isinstance(spec, (Branches, list)) else [spec]
+                ok, shown = value in choices, ", ".join(map(repr, choices))
+            if not ok:
+                raise RecipeError(f"{where}: {name} = {value!r} is not in search.space ({shown})")
+            if BRANCH_SEP in name:
+                choice = name.split(BRANCH_SEP, 1)[0]
+                switch = next(k for k, v in params.items() if isinstance(v, Branches) and choice in v)
+                if point.get(switch) != choice:
+                    raise RecipeError(f"{where}: {name} is a parameter of the {choice!r} branch; add "
+                                      f"{switch}: {choice} to the same candidate")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

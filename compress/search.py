@@ -59,6 +59,8 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
     del resolved["search"]["finish_processes"]  # how the models after the search are trained, not which
     del resolved["search"]["workers"]  # how many processes run the trials, not which
+    if not resolved["search"]["enqueue"]:
+        del resolved["search"]["enqueue"]  # none, as before it existed: studies made then still resume
     if resolved["search"]["halving"]["front"]:
         del resolved["search"]["halving"]["front"]  # on, its default: studies made before it existed still resume
     if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json", exclude={"front"}):
@@ -140,6 +142,16 @@ def first_schedule(recipe: Recipe) -> str:
     return "prune.finetune" if from_teacher(recipe) else "distill.train"
 
 
+def tier_of(family: str, macs: int | None, p50_ms: float | None = None) -> str:
+    """The candidates search.halving compares (and the pruner's curves): one family, MACs within 2x and, when
+    timed before training, p50 within one band of 1.5x. The 8-wide 2-deep and the 16-wide 1-deep CNN both have
+    ~2 MMACs, but ran at p50 0.06-0.08 and 0.04-0.05 ms: different points of the front, not rivals."""
+    tier = f"{family}-{int(math.log2(max(macs or 1, 1)))}"
+    if p50_ms is not None:
+        tier += f"-t{int(math.log(max(p50_ms, 1e-3) * 1000, 1.5))}"
+    return tier
+
+
 def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float) -> tuple[bool, str]:
     """Whether a short schedule's validation accuracy earns the full schedule: Optuna's SuccessiveHalvingPruner
     over the tier's short-schedule accuracies, kept in the companion study ``<name>:halving:<tier>`` (same
@@ -209,7 +221,8 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
     categorical parameter is tried: each choice appears about n/k times, in a seeded order per parameter
     (a Latin hypercube over the categories). Numeric parameters are left to the sampler. With a dozen
     trials, independent random draws can leave a whole choice (a student family, a format) untried.
-    A branch's own categorical parameters are covered among the trials that take that branch."""
+    A branch's own categorical parameters are covered among the trials that take that branch. The
+    candidates of ``search.enqueue`` come before them."""
     n = recipe.search.startup_trials
     rng = random.Random(recipe.seed)
     rows: list[dict[str, Any]] = [{} for _ in range(n)]
@@ -229,7 +242,7 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
                     cover(sub, [i for i, v in zip(idx, column) if v == choice], f"{choice}{BRANCH_SEP}")
 
     cover(recipe.search.space, list(range(n)), "")
-    return rows if any(rows) else []
+    return [dict(p) for p in recipe.search.enqueue] + (rows if any(rows) else [])  # search.enqueue's first
 
 
 def _switches_first(key: str) -> tuple[int, str]:
@@ -335,7 +348,7 @@ class Objective:
                 _set_constraints(trial, [probe.p95_ms - slo, 1.0, -1.0])
                 return 0.0, probe.p95_ms
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
-        tier = f"{r.student.model}-{int(math.log2(max(macs or 1, 1)))}"
+        tier = tier_of(r.student.model, macs, probe.p50_ms if probe else None)
         short = short_schedule(r)
         at_restart = None
         if short:  # cheap early: the short schedule first; the rest of the full one only when promoted

@@ -380,3 +380,13 @@ def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data,
     (folder / RESTART_STATE).unlink()
     result = _full_schedule(r, short(4), tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
     assert made == [folder / RESTART_STATE, None] and result["resumed_from_short"] is False
+
+
+def test_tiers_part_candidates_of_equal_macs_but_different_latency():
+    from compress.search import tier_of
+
+    # The 8-wide 2-deep and the 16-wide 1-deep CNN: ~2 MMACs each; p50 as timed in two hours of the reference machine.
+    assert tier_of("cnn", 1_939_946, 0.060) != tier_of("cnn", 2_007_690, 0.044)
+    assert tier_of("cnn", 1_939_946, 0.083) != tier_of("cnn", 2_007_690, 0.054)
+    assert tier_of("cnn", 1_939_946) == tier_of("cnn", 2_007_690) == "cnn-20"  # untimed: MACs alone, as before
+    assert tier_of("cnn", 1_939_946, 0.060) != tier_of("teacher", 1_939_946, 0.060)

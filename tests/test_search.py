@@ -270,6 +270,27 @@ def test_bad_branches_are_clear_errors(space, message):
         recipe_from_dict({"name": "x", "search": {"space": space}})
 
 
+def test_enqueued_candidates_come_first_and_are_checked_against_the_space():
+    """search.enqueue: the named candidates are the first trials' parameters, before the covering grid; a name
+    or value the space does not have, or a branch's parameter without its branch, is a clear error."""
+    from compress.recipe import recipe_from_dict
+    from compress.search import covering_startup
+
+    point = {"student.model": "cnn", "cnn/student.width": 12, "distill.alpha": 0.9}
+    search = {"startup_trials": 4, "space": BRANCHED, "enqueue": [point]}
+    recipe = recipe_from_dict({"name": "x", "prune": {"enabled": True}, "quantize": {"enabled": True}, "search": search})
+    rows = covering_startup(recipe)
+    assert rows[0] == point and len(rows) == 5
+    assert rows[1:] == covering_startup(recipe_from_dict({**recipe.to_dict(), "search": {**search, "enqueue": []}}))
+    for bad, message in [({"student.model": "cnn", "cnn/student.widht": 8}, "'cnn/student.widht' is not a parameter"),
+                         ({"student.model": "cnn", "cnn/student.width": 20}, r"= 20 is not in search.space \(4 to 16 in steps of 4\)"),
+                         ({"student.model": "cnn", "cnn/student.width": 6}, "= 6 is not in search.space"),
+                         ({"student.model": "mlp"}, r"= 'mlp' is not in search.space \('teacher', 'cnn'\)"),
+                         ({"cnn/student.width": 8}, "add student.model: cnn to the same candidate")]:
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict({"name": "x", "search": {"space": BRANCHED, "enqueue": [bad]}})
+
+
 def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeypatch, capfd):
     """An int8 baseline failing its parity gate (as on CPUs without VNNI) leaves the report intact; the other
     two train side by side (search.finish_processes), each in a process of its own."""
