@@ -36,6 +36,7 @@ from compress.search import constraint_values, constraints, first_schedule, stor
 from compress.storage import mask
 from compress.workers import artifact_store, claim_finisher, open_study, optimize
 from compress.teacher import model_size
+from compress.train import threads_from
 from compress.techniques.quantize import FORMAT_NAMES
 from compress.verdicts import (accuracy_ci95, baseline_verdict, compare as paired_test, front_hypervolume,
                                test_accuracy_fields)
@@ -225,7 +226,7 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     ``report_only`` (``compress report``): no trials, the report (again). ``report`` False: trials only (a
     worker started by another one's ``search.workers``). ``workers``: the ``LocalWorkers`` this process
     started; when its own trials are done, it builds the baselines the search does not decide while they
-    finish theirs, then waits for them before it claims the report."""
+    finish theirs (on every core from the step they end), then waits for them before it claims the report."""
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     data, teacher, tinfo = prepare(recipe)
@@ -242,7 +243,9 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
         clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
     if workers is not None:
         if report and recipe.search.baselines and workers.running():
-            _baselines_while_waiting(recipe, data, teacher, tinfo)
+            # On this worker's share of the cores while the others run, on all of them from the step they end.
+            with threads_from(lambda: workers.per_worker if workers.running() else workers.cores):
+                _baselines_while_waiting(recipe, data, teacher, tinfo)
             clock.lap("baselines_while_waiting")
         workers.wait()
         clock.lap("waiting_for_workers")

@@ -6,6 +6,7 @@ after every epoch, passed to ``on_epoch`` so a search can prune a hopeless trial
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -23,6 +24,21 @@ from compress.recipe import TrainConfig
 
 # loss(student_logits, labels, batch_index, batch_inputs) -> scalar
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_threads: Callable[[], int] | None = None
+
+
+@contextlib.contextmanager
+def threads_from(fn: Callable[[], int]):
+    """Within the block every training step first gives this process ``fn()`` torch threads: a training started
+    on a worker's share of the cores takes them all once the other workers are done (compress.study)."""
+    global _threads
+    before, _threads = _threads, fn
+    try:
+        yield
+    finally:
+        _threads = before
 
 
 def hard_label_loss(logits, labels, idx, x):
@@ -241,6 +257,8 @@ def train_(
         seen = correct = 0
         loss_sum = 0.0
         for idx, x, y in bar:
+            if _threads is not None and _threads() != torch.get_num_threads():
+                torch.set_num_threads(_threads())
             if kinds:
                 x = augment(x, gen, kinds=kinds)
             x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)

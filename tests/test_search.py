@@ -436,6 +436,8 @@ def test_baselines_the_search_does_not_decide_are_made_while_the_other_workers_f
     made = {}
 
     class Neighbours:  # what compress.workers.LocalWorkers offers run_study
+        per_worker, cores = 1, 2
+
         def running(self):
             return True
 

@@ -199,3 +199,28 @@ def test_soft_targets_in_bf16_stay_close_to_fp32(tiny_data):
     assert not torch.equal(bf16, fp32)  # autocast did run
     soft = lambda z: torch.softmax(z / 4.0, dim=1)  # noqa: E731 - the KD targets at a typical temperature
     assert (soft(bf16) - soft(fp32)).abs().max() < 0.02
+
+
+def test_threads_from_sets_the_threads_of_every_training_step(tiny_data):
+    """compress.study's baselines made while other workers run: each step takes the threads ``fn`` says then
+    (1 for the first steps, 2 after), and the block leaves the hook as it found it."""
+    from compress import train
+    from compress.models import create_model
+
+    seen = []  # the threads each call found
+    before = torch.get_num_threads()
+
+    def fn():
+        seen.append(torch.get_num_threads())
+        return 1 if len(seen) <= 4 else 2
+
+    try:
+        torch.set_num_threads(2)
+        with train.threads_from(fn):
+            train_(create_model("cnn", width=4, depth=1), tiny_data.train.head(512),
+                   TrainConfig(epochs=1, batch_size=64, device="cpu"))
+            assert torch.get_num_threads() == 2
+        assert train._threads is None
+        assert 1 in seen and seen[-1] == 2
+    finally:
+        torch.set_num_threads(before)
