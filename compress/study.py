@@ -328,7 +328,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     for r in front:
         r.update(alone[f"trial_{r['trial']}"].record_fields(), latency_measured="final")
         _judge(r, teacher_rec["val_accuracy"], recipe)
-    trial_time_front = {r["trial"] for r in front}  # their files stay: a resumed study starts from this front
+    measured = {r["trial"] for r in front}  # their files stay: a report run again measures these same trials
     front = _still_pareto(front)  # the exact numbers can reorder close neighbours
     chosen = _choose(front)
     chosen["chosen"] = True
@@ -406,7 +406,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
     summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
     chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
-    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows, trial_time_front)
+    _write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows, measured)
     _attach(study, store, out)
     return summary
 

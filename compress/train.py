@@ -257,8 +257,8 @@ def train_(
         seen = correct = 0
         loss_sum = 0.0
         for idx, x, y in bar:
-            if _threads is not None and _threads() != torch.get_num_threads():
-                torch.set_num_threads(_threads())
+            if _threads is not None and (n := _threads()) != torch.get_num_threads():
+                torch.set_num_threads(n)
             if kinds:
                 x = augment(x, gen, kinds=kinds)
             x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
