@@ -222,27 +222,35 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
     (a Latin hypercube over the categories). Numeric parameters are left to the sampler. With a dozen
     trials, independent random draws can leave a whole choice (a student family, a format) untried.
     A branch's own categorical parameters are covered among the trials that take that branch. The
-    candidates of ``search.enqueue`` come before them."""
+    candidates of ``search.enqueue`` come before them and count as covering their choices: the grid gives
+    the choices they leave out first (the enqueued 8- and 4-wide CNNs leave the grid's CNN rows 12 and 16)."""
     n = recipe.search.startup_trials
     rng = random.Random(recipe.seed)
     rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    enqueued = [dict(p) for p in recipe.search.enqueue]
 
-    def cover(space: dict, idx: list[int], prefix: str) -> None:
+    def cover(space: dict, idx: list[int], prefix: str, given: list[dict]) -> None:
         for key, raw in space.items():
             spec = space_spec(raw)
             choices = list(spec) if isinstance(spec, (Branches, list)) else []
             if len(choices) < 2:
                 continue
-            column = [choices[i % len(choices)] for i in range(len(idx))]
+            count = [sum(1 for g in given if g.get(prefix + key) == c) for c in choices]
+            column = []
+            for _ in idx:  # the least covered choice next (ties: in the space's order): i % k without enqueue
+                j = count.index(min(count))
+                count[j] += 1
+                column.append(choices[j])
             rng.shuffle(column)
             for i, value in zip(idx, column):
                 rows[i][prefix + key] = value
             if isinstance(spec, Branches):
                 for choice, sub in spec.items():
-                    cover(sub, [i for i, v in zip(idx, column) if v == choice], f"{choice}{BRANCH_SEP}")
+                    cover(sub, [i for i, v in zip(idx, column) if v == choice], f"{choice}{BRANCH_SEP}",
+                          [g for g in given if g.get(prefix + key) == choice])
 
-    cover(recipe.search.space, list(range(n)), "")
-    return [dict(p) for p in recipe.search.enqueue] + (rows if any(rows) else [])  # search.enqueue's first
+    cover(recipe.search.space, list(range(n)), "", enqueued)
+    return enqueued + (rows if any(rows) else [])  # search.enqueue's first
 
 
 def _switches_first(key: str) -> tuple[int, str]:

@@ -281,7 +281,17 @@ def test_enqueued_candidates_come_first_and_are_checked_against_the_space():
     recipe = recipe_from_dict({"name": "x", "prune": {"enabled": True}, "quantize": {"enabled": True}, "search": search})
     rows = covering_startup(recipe)
     assert rows[0] == point and len(rows) == 5
-    assert rows[1:] == covering_startup(recipe_from_dict({**recipe.to_dict(), "search": {**search, "enqueue": []}}))
+    # The grid counts the enqueued candidate as covering its choices: each family about as often (2 and 3 of 5),
+    # where the grid alone would give each twice.
+    assert sorted(r["student.model"] for r in rows) == ["cnn", "cnn", "teacher", "teacher", "teacher"]
+    alone = covering_startup(recipe_from_dict({**recipe.to_dict(), "search": {**search, "enqueue": []}}))
+    assert sorted(r["student.model"] for r in alone) == ["cnn", "cnn", "teacher", "teacher"]
+    # ... also within a branch: the 12-wide CNN enqueued, the grid's CNN row is the 8-wide one.
+    widths = {"student.model": {"teacher": {"quantize.format": ["qdq", "qoperator"]}, "cnn": {"student.width": [8, 12]}}}
+    picked = {"student.model": "cnn", "cnn/student.width": 12}
+    grid = covering_startup(recipe_from_dict({"name": "x", "quantize": {"enabled": True}, "search": {
+        "startup_trials": 4, "space": widths, "enqueue": [picked]}}))[1:]
+    assert [r["cnn/student.width"] for r in grid if r["student.model"] == "cnn"] == [8]
     for bad, message in [({"student.model": "cnn", "cnn/student.widht": 8}, "'cnn/student.widht' is not a parameter"),
                          ({"student.model": "cnn", "cnn/student.width": 20}, r"= 20 is not in search.space \(4 to 16 in steps of 4\)"),
                          ({"student.model": "cnn", "cnn/student.width": 6}, "= 6 is not in search.space"),
