@@ -276,6 +276,7 @@ class SearchConfig(_Section):
     # Latency first: each candidate is timed untrained (built, pruned, exported, quantized) before training.
     # One whose p95 misses slo.p95_ms beyond its 95% confidence interval is recorded with that latency as
     # infeasible and not trained (seconds, not minutes). false: train it anyway (the slow end of the front).
+    # A candidate with no training (the teacher as it is, at most quantized) is finished either way.
     skip_slow: bool = True
     halving: HalvingConfig = HalvingConfig()
     baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD

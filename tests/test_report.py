@@ -33,6 +33,28 @@ def test_pareto_known_case():
     assert pareto_indices(pts) == [3, 0, 1]  # fastest first
 
 
+def test_twins_are_judged_at_one_latency():
+    """Two copies of one architecture and int8 format (they differ only in training) run the same kernels:
+    the less accurate leaves the front even where its own measurement read faster; another format, or another
+    architecture, is a point of its own."""
+    from compress.recipe import recipe_from_dict
+    from compress.study import _still_pareto
+
+    recipe = recipe_from_dict({"name": "x", "student": {"model": "teacher"}, "quantize": {"enabled": True},
+                               "search": {"space": {"quantize.format": ["qdq", "qoperator"]}}})
+
+    def rec(trial, acc, p95, fmt="qdq", params=200, int8=True):
+        return {"trial": trial, "val_accuracy": acc, "latency_p95_ms": p95, "params": params, "macs": 10 * params,
+                "int8": int8, "params_": {"quantize.format": fmt}}
+
+    front = [rec(0, 0.94, 0.175), rec(1, 0.926, 0.161), rec(2, 0.93, 0.170, fmt="qoperator"),
+             rec(3, 0.90, 0.05, params=20, int8=False)]
+    assert [r["trial"] for r in _still_pareto(front, recipe)] == [0, 2, 3]
+    assert not front[1]["pareto"]
+    # The chosen one stays whatever its twins.
+    assert [r["trial"] for r in _still_pareto(front, recipe, chosen=front[1])] == [0, 1, 2, 3]
+
+
 def test_pareto_margin_keeps_what_a_remeasurement_could_put_on_the_front():
     """margin 1.6 (the final measurement's candidates): (0.90, 1.0) beats (0.88, 1.5) by 1.5x only, which
     noise can undo, but (0.87, 2.0) by 2x; a point no other is as accurate as stays either way."""
