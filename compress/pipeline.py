@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from compress import __version__
 from compress.data import Dataset, batches, calibration_inputs, load_dataset
-from compress.export import check_parity, export_onnx, onnx_accuracy, onnx_correct
+from compress.export import check_parity, export_onnx, onnx_accuracy, onnx_correct, reference_logits
 from compress.io import publish, staging_dir, write_json_atomic, write_text_atomic
 from compress.errors import ParityError, TargetError
 from compress.latency import LatencyStats, backend_for, compare, environment
@@ -227,14 +227,17 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
                          val=data.val, seed=recipe.seed + i, desc=desc, on_epoch=on_epoch if i == 0 else None,
                          at_restart=at_restart if i == 0 else None, state=state if i == 0 else None)
         stopped = stopped or len(history) < schedule.epochs
-        stages.append(_export_stage(name, student, recipe, data, work))
+        ref = reference_logits(student, data.val)
+        stages.append(_export_stage(name, student, recipe, data, work, ref))
     if not schedules:  # the teacher itself, as is
-        stages.append(_export_stage("student_fp32", student, recipe, data, work))
+        ref = reference_logits(student, data.val)
+        stages.append(_export_stage("student_fp32", student, recipe, data, work, ref))
     if q.enabled:
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)
         path = quantize_int8(stages[-1].onnx, work / f"{stages[-1].name.replace('fp32', 'int8')}.onnx", calib, q)
         try:
-            parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement)
+            parity = check_parity(student, path, data.val, int8=True, min_agreement=recipe.export.int8_min_agreement,
+                                  reference=ref)
         except ParityError as err:
             if int8_rejected is None:
                 raise
@@ -246,9 +249,11 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     return stages
 
 
-def _export_stage(name: str, model: nn.Module, recipe: Recipe, data: Dataset, work: Path) -> Stage:
+def _export_stage(name: str, model: nn.Module, recipe: Recipe, data: Dataset, work: Path,
+                  reference: np.ndarray | None = None) -> Stage:
     path = export_onnx(model, work / f"{name}.onnx", recipe.export.opset, data.spec.shape)
-    parity = check_parity(model, path, data.val, int8=False, max_abs_diff=recipe.export.fp32_max_abs_diff)
+    parity = check_parity(model, path, data.val, int8=False, max_abs_diff=recipe.export.fp32_max_abs_diff,
+                          reference=reference)
     return Stage.of(name, path, model, False, parity, data.spec)
 
 

@@ -28,6 +28,22 @@ def test_parity_failure_raises_with_numbers(tmp_path, tiny_data):
         check_parity(model, path, tiny_data.val, int8=False)
 
 
+def test_parity_takes_pytorchs_logits_computed_once(tmp_path, tiny_data):
+    """``reference``: PyTorch's logits from an earlier pass (one for a model's fp32 export and its int8 copy)
+    give the numbers a fresh pass gives; they, not the model, are what the file is compared with."""
+    from compress.export import reference_logits
+
+    model = create_model("cnn", width=8, depth=1).eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    ref = reference_logits(model, tiny_data.val)
+    assert ref.shape == (len(tiny_data.val), 10)
+    once, fresh = (check_parity(model, path, tiny_data.val, int8=False, **kw) for kw in ({"reference": ref}, {}))
+    assert once["top1_agreement"] == fresh["top1_agreement"] == 1.0 and once["n"] == fresh["n"]
+    assert once["max_abs_logit_diff"] == pytest.approx(fresh["max_abs_logit_diff"], abs=1e-5)  # channels_last
+    with pytest.raises(ParityError, match=r"max abs logit difference vs PyTorch is 1\.00e\+00"):
+        check_parity(model, path, tiny_data.val, int8=False, reference=ref + 1.0)
+
+
 def test_export_falls_back_to_the_dynamo_exporter(tmp_path, monkeypatch):
     """A model the TorchScript exporter cannot take is exported by the dynamo one, batch still dynamic."""
     import numpy as np
