@@ -53,6 +53,9 @@ def test_twins_are_judged_at_one_latency():
     assert not front[1]["pareto"]
     # The chosen one stays whatever its twins.
     assert [r["trial"] for r in _still_pareto(front, recipe, chosen=front[1])] == [0, 1, 2, 3]
+    # Equally accurate twins: one stays, the first.
+    tied = [rec(0, 0.883, 0.1216), rec(1, 0.883, 0.1219), rec(2, 0.883, 0.1416), rec(3, 0.80, 0.05, params=20, int8=False)]
+    assert [r["trial"] for r in _still_pareto(tied, recipe)] == [0, 3]
 
 
 def test_pareto_margin_keeps_what_a_remeasurement_could_put_on_the_front():
