@@ -345,7 +345,7 @@ class Objective:
         probe = None
         # Latency first: is it worth training? A candidate that trains not at all (the teacher as it is, at most
         # quantized) is finished anyway: there is no training to spare (its int8 calibration, parity check and
-        # accuracy took ~1.2 min on one core for the default teacher), and the front then shows the slow, accurate
+        # accuracy took ~0.9 min on one core for the default teacher), and the front then shows the slow, accurate
         # end (the int8 teacher at 94.3% and p95 ~0.8 ms in the default study) rather than leaving it to a baseline.
         if r.search.skip_slow and slo is not None and trains(r):
             probe = probe_latency(r, self.data, self.teacher, work)
