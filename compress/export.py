@@ -100,9 +100,9 @@ def reference_logits(model: nn.Module, split: Split) -> np.ndarray:
     """PyTorch's logits for ``split``, in order (fp32; images in channels_last, as evaluation runs them):
     computed once for both checks of one model, its fp32 export and its int8 copy. For the default teacher as
     it is, each pass took 25 s of the trial's ~75 on one core."""
-    from compress.train import iter_logits
+    from compress.train import predict_logits
 
-    return np.concatenate([logits.numpy() for _, logits in iter_logits(model, split, 500)])
+    return predict_logits(model, split, 500).numpy()
 
 
 def check_parity(model: nn.Module, path: str | Path, split: Split, *, int8: bool,

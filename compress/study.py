@@ -108,8 +108,8 @@ def _twin(recipe: Recipe, r: dict) -> tuple:
 
 def _still_pareto(front: list[dict], recipe: Recipe, chosen: dict | None = None) -> list[dict]:
     """The members not dominated after their numbers changed (and the chosen one, which stays); the others
-    leave the reported front. Of twins (``_twin``) only the most accurate one stays (the first of equals),
-    judged at its own latency: measured apart, four copies of the default study's 0.65-pruned teacher had p50
+    leave the reported front. Of twins (``_twin``) only the most accurate one (the first of equals) is judged
+    and can stay: measured apart, four copies of the default study's 0.65-pruned teacher had p50
     within 2% but p95 0.161-0.220 ms, which put a short-schedule copy 1.4 pp less accurate on the front beside
     the artifact as "faster"; three equally accurate copies of fashion_folder's 0.7-pruned ResNet-18 stood on
     its front side by side."""
@@ -118,9 +118,10 @@ def _still_pareto(front: list[dict], recipe: Recipe, chosen: dict | None = None)
         k = _twin(recipe, r)
         if k not in lead or r["val_accuracy"] > lead[k]["val_accuracy"]:
             lead[k] = r
-    keep = set(pareto_indices([(r["val_accuracy"], lead[_twin(recipe, r)]["latency_p95_ms"]) for r in front]))
-    for i, r in enumerate(front):
-        r["pareto"] = (i in keep and lead[_twin(recipe, r)] is r) or r is chosen
+    leads = list(lead.values())
+    keep = {id(leads[i]) for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in leads])}
+    for r in front:
+        r["pareto"] = id(r) in keep or r is chosen
     return [r for r in front if r["pareto"]]
 
 
