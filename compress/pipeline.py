@@ -174,9 +174,11 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path)
 
     torch.manual_seed(recipe.seed)
     p, q = recipe.prune, recipe.quantize
-    student = build_student(recipe, teacher, data.spec, data)
-    if removes_channels(recipe) if from_teacher(recipe) else p.enabled:
-        student = prune_(student, p, data.spec.batch_shape(1))  # structure only: no BatchNorm re-estimation
+    # Structure only: a teacher copy comes pruned once, as its trial's (without the BatchNorm re-estimation,
+    # which the latency does not see); a scratch student is pruned as its trial prunes it after distillation.
+    student = build_student(recipe, teacher, data.spec)
+    if p.enabled and not from_teacher(recipe):
+        student = prune_(student, p, data.spec.batch_shape(1))
     path = export_onnx(student, work / "probe_fp32.onnx", recipe.export.opset, data.spec.shape)
     if q.enabled:
         calib, _ = calibration_inputs(data.train, min(q.calibration_size, 64), recipe.seed)
