@@ -26,6 +26,13 @@ def test_cnn_width_and_depth_reach_the_family():
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
 
 
+def test_cnn_pool_keeps_a_grid_of_positions_for_the_linear_layer():
+    for spec in IMAGE_SPECS:  # 28 and 40 pixels: the grid is reached by average pooling whatever the map's size
+        gap, grid = (build_model("cnn", spec, {"width": 4, "depth": 1, "pool": p}).eval() for p in (1, 7))
+        assert grid.fc.in_features == 49 * gap.fc.in_features == 49 * 16
+        assert grid(torch.randn(2, *spec.shape)).shape == (2, spec.num_classes)
+
+
 def test_torchvision_architecture_adapts_to_channels_and_classes():
     model = create_model("tv:resnet18", in_channels=1, num_classes=10).eval()
     assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)

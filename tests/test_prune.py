@@ -7,7 +7,7 @@ from compress.recipe import PruneConfig
 from compress.techniques.prune import prune_
 
 
-@pytest.mark.parametrize("name,kwargs", [("cnn", {"width": 16, "depth": 2}),
+@pytest.mark.parametrize("name,kwargs", [("cnn", {"width": 16, "depth": 2}), ("cnn", {"width": 16, "depth": 1, "pool": 7}),
                                          ("resnet_small", {"widths": (16, 32, 32, 64)})])
 def test_pruning_removes_channels_and_model_still_runs(name, kwargs):
     model = create_model(name, **kwargs)
