@@ -22,7 +22,7 @@ from compress.data import Dataset
 from compress.errors import CompressError, TargetError
 from compress.io import copy_atomic, read_json, sha256_file, write_json_atomic
 from compress.latency import backend_for
-from compress.pipeline import TEACHER_FAMILY, Stage, compress_student
+from compress.pipeline import TEACHER_FAMILY, Stage, compress_student, trains
 from compress.recipe import Recipe, fingerprint_of, with_values
 
 
@@ -121,6 +121,25 @@ def build(b: Build, data: Dataset, teacher: nn.Module, tinfo: dict) -> Stage:
                                    name=b.name)
 
     return _cached(b.root / b.name, b.keys(data, tinfo), make, b.label, b.cache)
+
+
+def adopt(b: Build, model: Path, rec: dict, data: Dataset, tinfo: dict) -> Stage:
+    """``b``'s model when a trial of the search made the same one (``same_untrained``): its file copied and
+    kept like a built one (``rec``: the trial's record, for its size, int8 flag and parity)."""
+
+    def copy(folder: Path) -> Stage:
+        shutil.copyfile(model, folder / "adopted.onnx")
+        return Stage(b.name, folder / "adopted.onnx", rec["macs"], rec["params"], rec["int8"], rec["parity"])
+
+    return _cached(b.root / b.name, b.keys(data, tinfo), copy, b.label, b.cache)
+
+
+def same_untrained(a: Recipe, b: Recipe) -> bool:
+    """Whether two recipes make the same model without any training: the teacher as it is (no channel removed),
+    quantized and exported alike from the same calibration sample (seed); KD and pruning settings then shape
+    nothing. The default study's int8 teacher baseline is its qdq teacher trial (~1 min on one core)."""
+    return (not trains(a) and not trains(b) and a.student.model == b.student.model == TEACHER_FAMILY
+            and all(getattr(a, k) == getattr(b, k) for k in ("seed", "data", "teacher", "quantize", "export")))
 
 
 def kept(b: Build, data: Dataset, tinfo: dict) -> Stage | None:

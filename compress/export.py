@@ -98,8 +98,9 @@ def onnx_accuracy(path: str | Path, split: Split) -> float:
 
 def reference_logits(model: nn.Module, split: Split) -> np.ndarray:
     """PyTorch's logits for ``split``, in order (fp32; images in channels_last, as evaluation runs them):
-    computed once for both checks of one model, its fp32 export and its int8 copy. For the default teacher as
-    it is, each pass took 25 s of the trial's ~75 on one core."""
+    computed once for both checks of one model, its fp32 export and its int8 copy (for the default teacher, each
+    pass took 25 s of a trial's ~75 on one core; the teacher as it is reads its own from a cache,
+    ``distill.cached_teacher_logits(exact=True)``)."""
     from compress.train import predict_logits
 
     return predict_logits(model, split, 500).numpy()

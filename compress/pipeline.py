@@ -28,7 +28,7 @@ from compress.models import build_model, takes_argument
 from compress.recipe import PruneConfig, Recipe, RecipeError, public_yaml, space_choices, with_values
 from compress.spec import InputSpec
 from compress.teacher import load_teacher, model_size
-from compress.techniques.distill import make_loss, teacher_logits_for
+from compress.techniques.distill import cached_teacher_logits, make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8, reduce_range
 from compress.train import train_
@@ -231,8 +231,8 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
         stopped = stopped or len(history) < schedule.epochs
         ref = reference_logits(student, data.val)
         stages.append(_export_stage(name, student, recipe, data, work, ref))
-    if not schedules:  # the teacher itself, as is
-        ref = reference_logits(student, data.val)
+    if not schedules:  # the teacher itself, as is: its reference logits computed once, like its soft targets
+        ref = cached_teacher_logits(teacher, data.val, teacher_info["sha256"], data.fingerprint, exact=True)
         stages.append(_export_stage("student_fp32", student, recipe, data, work, ref))
     if q.enabled:
         calib, calib_fp = calibration_inputs(data.train, q.calibration_size, recipe.seed)

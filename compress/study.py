@@ -27,7 +27,7 @@ from compress.errors import CompressError
 from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
-from compress.pipeline import (RESTART_STATE, machine_info, model_metrics, prepare, removes_channels, summarize,
+from compress.pipeline import (RESTART_STATE, Stage, machine_info, model_metrics, prepare, removes_channels, summarize,
                                trains)
 from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, space_leaf, with_values
 from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
@@ -290,6 +290,22 @@ def _search_independent(recipe: Recipe, root: Path) -> tuple[list[bl.Build], dic
     return builds, unbuilt
 
 
+def _adopted(builds: list[bl.Build], complete: list[dict], recipe: Recipe, frozen, store, data, tinfo
+             ) -> dict[str, Stage]:
+    """The baselines a trial made already, copied from it instead of made again: the int8 teacher (a trial of
+    the teacher as it is, quantized with the same settings), and the student without KD of such a trial (KD
+    changes nothing where nothing is trained)."""
+    adopted = {}
+    for b in builds:
+        for r in complete:
+            if bl.same_untrained(b.recipe, recipe_of(recipe, r)) and _fetch_model(
+                    r, frozen[r["trial"]].user_attrs.get("model_artifact"), store):
+                adopted[b.name] = bl.adopt(b, Path(r["artifact_path"]), r, data, tinfo)
+                tqdm.write(f"baseline {b.name}: the same model as trial {r['trial']} (nothing trained), copied from it")
+                break
+    return adopted
+
+
 def _baselines_while_waiting(recipe: Recipe, data, teacher, tinfo) -> None:
     """Made while the other workers of this machine finish their last trials, on this worker's share of the
     cores, which would otherwise wait: the report then finds them kept and trains only the student without KD
@@ -358,14 +374,17 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     builds = [plan.build] if plan else []
     no_kd_of = recipe_of(recipe, {**chosen, "overrides": plan.restart} if plan else chosen)  # as if handed over
     unbuilt: dict[str, CompressError] = {}
+    adopted: dict[str, Stage] = {}
     if recipe.search.baselines:
         tqdm.write("baselines: teacher int8, pruned teacher, student without KD "
                    "(each kept per study and in .cache/baselines/)")
         builds.insert(0, bl.student_without_kd(no_kd_of, root))
         independent, unbuilt = _search_independent(recipe, root)  # kept already when made while waiting
         builds += independent
+        adopted = _adopted(builds, complete, recipe, frozen, store, data, tinfo)
+        builds = [b for b in builds if b.name not in adopted]
     started = time.time()
-    made = bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe))
+    made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe)), **adopted}
     full_schedule = None
     if plan:
         stage = made.pop(plan.build.name)

@@ -27,3 +27,21 @@ def test_kd_loss_alpha_zero_is_cross_entropy_and_soft_part_vanishes_on_equal_log
     ce = torch.nn.functional.cross_entropy(s, y)
     assert torch.allclose(kd_loss(s, torch.randn(2, 3), y, 4.0, 0.0), ce)
     assert float(kd_loss(s, s.clone(), y, 4.0, 1.0)) < 1e-7
+
+
+def test_the_teachers_exact_logits_are_cached_apart_from_its_soft_targets(tiny_data, tmp_path, monkeypatch):
+    """The parity reference of the teacher as it is: fp32 (never the bf16 of its soft targets), PyTorch's own
+    logits, computed once and read back from the cache (the default teacher's took 17-25 s a trial)."""
+    import compress.techniques.distill as distill
+    from compress.recipe import load_recipe
+    from compress.teacher import load_teacher
+    from compress.train import predict_logits
+
+    teacher, info = load_teacher(load_recipe("recipes/tiny_search.yaml").teacher, tiny_data.spec)
+    args = (teacher, tiny_data.val, info["sha256"], tiny_data.fingerprint, tmp_path)
+    exact = distill.cached_teacher_logits(*args, exact=True)
+    reference = predict_logits(teacher, tiny_data.val, 500)
+    assert exact.dtype == "float32" and torch.allclose(torch.tensor(exact), reference, atol=1e-4)
+    monkeypatch.setattr(distill, "iter_logits", None)  # computed once: read back, not run again
+    assert (distill.cached_teacher_logits(*args, exact=True) == exact).all()
+    assert [p.name.endswith("-fp32.npy") for p in tmp_path.glob("*.npy")] == [True]

@@ -491,3 +491,30 @@ def test_a_candidate_with_no_training_is_finished_even_when_too_slow(tmp_path, m
     assert t.state == optuna.trial.TrialState.COMPLETE and "untrained" not in t.user_attrs
     assert t.user_attrs["metrics"]["val_accuracy"] > 0.5 and t.values[1] > 0.000001
     assert t.system_attrs["constraints"][0] > 0  # infeasible on latency
+
+
+def test_a_baseline_a_trial_made_already_is_copied_from_it(tmp_path, monkeypatch):
+    """The int8 teacher baseline is the teacher as it is, quantized: a trial that made that same model hands it
+    over instead of it being made again (and so does the no-KD student of such a trial: nothing is trained)."""
+    import compress.baselines as bl
+    from compress.io import sha256_file
+    from compress.pipeline import trains
+    from compress.recipe import recipe_from_dict
+
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")  # no model kept by another test
+    real = bl.compress_student
+
+    def spy(r, *args, **kwargs):
+        assert trains(r), "a model that a trial made already was made again"
+        return real(r, *args, **kwargs)
+
+    monkeypatch.setattr(bl, "compress_student", spy)
+    base = load_recipe("recipes/tiny_search.yaml", [
+        f"output_dir={tmp_path}", "search.n_trials=1", "slo.p95_ms=100", "capacity.enabled=false",
+        "latency.max_seconds=0.1", "student.model=teacher", "prune.enabled=false", "quantize.enabled=true"]).to_dict()
+    recipe = recipe_from_dict({**base, "search": {**base["search"], "space": {"quantize.format": ["qdq"]}}})
+    summary = run_study(recipe)
+    assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
+    trial = sha256_file(recipe.out_path / "trials" / "0000" / "model.onnx")
+    for name in ("teacher_int8", "student_no_kd"):
+        assert sha256_file(recipe.out_path / "baselines" / name / "model.onnx") == trial, name

@@ -36,11 +36,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str, data_fingerprint: str,
-                          cache_dir: Path = CACHE_DIR) -> np.ndarray:
+                          cache_dir: Path = CACHE_DIR, exact: bool = False) -> np.ndarray:
     """Teacher logits for every sample of ``split``, computed once and kept under ``.cache/`` as a .npy
     file that is memory-mapped, not read: a large training set's logits need not fit in memory. Keyed by
-    the teacher's sha256 and the data's fingerprint, so a changed teacher or dataset never reuses them."""
-    path = cache_dir / f"{teacher_sha256[:16]}-{data_fingerprint[:16]}-{len(split)}.npy"
+    the teacher's sha256 and the data's fingerprint, so a changed teacher or dataset never reuses them.
+    ``exact``: in fp32, never bf16 (the parity reference of the teacher as it is, ``export.reference_logits``)."""
+    path = cache_dir / f"{teacher_sha256[:16]}-{data_fingerprint[:16]}-{len(split)}{'-fp32' if exact else ''}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     # One process computes them; another worker of the study on this machine waits for the file, then reads it.
     with open(path.with_name(path.name + ".lock"), "a") as lock:
@@ -50,12 +51,12 @@ def cached_teacher_logits(teacher: nn.Module, split: Split, teacher_sha256: str,
             tqdm.write(f"teacher logits: another process on this machine is computing them; waiting for {path}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _read_or_compute(path, teacher, split)
+            return _read_or_compute(path, teacher, split, exact)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read_or_compute(path: Path, teacher: nn.Module, split: Split) -> np.ndarray:
+def _read_or_compute(path: Path, teacher: nn.Module, split: Split, exact: bool = False) -> np.ndarray:
     if path.is_file():
         try:
             logits = np.load(path, mmap_mode="r")
@@ -63,14 +64,15 @@ def _read_or_compute(path: Path, teacher: nn.Module, split: Split) -> np.ndarray
                 return logits
         except (ValueError, OSError):
             pass  # a damaged cache file is recomputed below
-    tqdm.write(f"teacher logits for {len(split):,} training samples: computing them once (about a minute for the "
-               f"default teacher on 2 cores), cached as {path}")
+    if not exact:
+        tqdm.write(f"teacher logits for {len(split):,} training samples: computing them once (about a minute for "
+                   f"the default teacher on 2 cores), cached as {path}")
     tmp = path.with_name(path.name + ".tmp")
     out = None
     # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.4 min -> 1 min for
     # the default teacher on the reference machine: results/inference_format.json); accuracy is never
     # measured this way.
-    bf16 = native_bf16(model_device(teacher))
+    bf16 = not exact and native_bf16(model_device(teacher))
     # Every core: a neighbour worker (search.workers) that needs them waits for them meanwhile.
     threads = torch.get_num_threads()
     torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
