@@ -171,28 +171,49 @@ def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dic
             except CompressError as err:  # e.g. int8 failing its parity gate, a teacher that cannot be pruned
                 done[b.name] = err
         return {b.name: done[b.name] for b in builds}
-    import concurrent.futures as cf
-    from concurrent.futures.process import BrokenProcessPool
-
     import torch
-    import torch.multiprocessing as tmp
 
     processes = min(processes, len(todo))
     threads = max(1, torch.get_num_threads() // processes)
     tqdm.write(f"training {len(todo)} models side by side, {processes} at a time with {threads} thread(s) each, "
                f"in processes of their own: {', '.join(b.name for b in todo)}")
-    with cf.ProcessPoolExecutor(processes, mp_context=tmp.get_context("spawn"), initializer=_child_init,
-                                initargs=(data, tinfo, threads)) as pool:
-        futures = {b.name: pool.submit(_child_build, b) for b in todo}
-        for name, f in futures.items():
-            try:
-                done[name] = f.result()
-            except CompressError as err:
-                done[name] = err
-            except BrokenProcessPool as err:
-                raise RuntimeError(f"the process training {name} died ({err}); the models finished before it are "
-                                   "kept, run the same command again to go on") from None
+    done.update(SideBySide(todo, data, tinfo, processes, threads).results())
     return {b.name: done[b.name] for b in builds}
+
+
+class SideBySide:
+    """Builds started in processes of their own (``processes`` at a time, ``threads`` each, in the given order);
+    ``results`` waits for them: each one's Stage, or the CompressError that stopped it."""
+
+    def __init__(self, builds: list[Build], data: Dataset, tinfo: dict, processes: int, threads: int):
+        import concurrent.futures as cf
+
+        import torch.multiprocessing as tmp
+
+        self.pool = cf.ProcessPoolExecutor(processes, mp_context=tmp.get_context("spawn"), initializer=_child_init,
+                                           initargs=(data, tinfo, threads))
+        self.futures = {b.name: self.pool.submit(_child_build, b) for b in builds}
+        self.threads = threads * processes
+
+    def running(self) -> bool:
+        return not all(f.done() for f in self.futures.values())
+
+    def results(self) -> dict[str, Stage | CompressError]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        done: dict[str, Stage | CompressError] = {}
+        try:
+            for name, f in self.futures.items():
+                try:
+                    done[name] = f.result()
+                except CompressError as err:
+                    done[name] = err
+                except BrokenProcessPool as err:
+                    raise RuntimeError(f"the process training {name} died ({err}); the models finished before it "
+                                       "are kept, run the same command again to go on") from None
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+        return done
 
 
 _child: dict = {}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -257,12 +258,10 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     if not report_only:
         optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
         clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
+    early = None  # the baselines started while the other workers finish
     if workers is not None:
         if report and recipe.search.baselines and workers.running():
-            # On this worker's share of the cores while the others run, on all of them from the step they end.
-            with threads_from(lambda: workers.per_worker if workers.running() else workers.cores):
-                _baselines_while_waiting(recipe, data, teacher, tinfo)
-            clock.lap("baselines_while_waiting")
+            early = _baselines_while_waiting(recipe, study, data, tinfo, workers.per_worker)
         workers.wait()
         clock.lap("waiting_for_workers")
     if not report:
@@ -276,7 +275,7 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
         teacher_correct = onnx_correct(teacher_onnx, data.test)  # per test image: the paired accuracy tests
         teacher_rec.update(test_accuracy_fields(teacher_correct))
         clock.lap("setup")
-        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock)
+        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock, early)
 
 
 def _search_independent(recipe: Recipe, root: Path) -> tuple[list[bl.Build], dict[str, CompressError]]:
@@ -306,17 +305,27 @@ def _adopted(builds: list[bl.Build], complete: list[dict], recipe: Recipe, froze
     return adopted
 
 
-def _baselines_while_waiting(recipe: Recipe, data, teacher, tinfo) -> None:
-    """Made while the other workers of this machine finish their last trials, on this worker's share of the
-    cores, which would otherwise wait: the report then finds them kept and trains only the student without KD
-    (on every core). One that cannot be made is left for the report to try and name."""
-    builds, _ = _search_independent(recipe, recipe.out_path / "baselines")
-    tqdm.write(f"while the other workers finish their last trials: the baselines the search does not decide "
-               f"({', '.join(b.name for b in builds)})")
-    bl.build_all(builds, data, teacher, tinfo)
+def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -> bl.SideBySide | None:
+    """The baselines the search does not decide, started while the other workers of this machine finish their
+    last trials, in a process of their own on this worker's share of the cores, which would otherwise wait;
+    the report trains the no-KD student beside it and waits for it (``_finish``). Those a trial made already
+    are copied from it; those kept from before are not made again. One that cannot be made is left for the
+    report to try and name."""
+    out = recipe.out_path
+    frozen = study.get_trials(deepcopy=False)
+    complete = [r for r in (_trial_record(t, out) for t in frozen) if r["state"] == "COMPLETE" and not r["untrained"]]
+    builds, _ = _search_independent(recipe, out / "baselines")
+    adopted = _adopted(builds, complete, recipe, frozen, artifact_store(recipe, study), data, tinfo)
+    todo = [b for b in builds if b.name not in adopted and bl.kept(b, data, tinfo) is None]
+    if not todo:
+        return None
+    tqdm.write(f"while the other workers finish their last trials: {', '.join(b.name for b in todo)}, in a process "
+               f"of its own with {threads} thread(s)")
+    return bl.SideBySide(todo, data, tinfo, 1, threads)
 
 
-def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock) -> dict:
+def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock,
+            early: bl.SideBySide | None = None) -> dict:
     out = recipe.out_path
     (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
     write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
@@ -380,11 +389,16 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
                    "(each kept per study and in .cache/baselines/)")
         builds.insert(0, bl.student_without_kd(no_kd_of, root))
         independent, unbuilt = _search_independent(recipe, root)  # kept already when made while waiting
-        builds += independent
+        builds += [b for b in independent if not early or b.name not in early.futures]  # the rest: started then
         adopted = _adopted(builds, complete, recipe, frozen, store, data, tinfo)
         builds = [b for b in builds if b.name not in adopted]
     started = time.time()
-    made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe)), **adopted}
+    # Beside those started while waiting, on the cores their process leaves (each training step asks again).
+    cores = torch.get_num_threads()
+    with threads_from(lambda: max(1, cores - early.threads) if early and early.running() else cores):
+        made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe)), **adopted}
+    if early:
+        made.update(early.results())
     full_schedule = None
     if plan:
         stage = made.pop(plan.build.name)

@@ -73,9 +73,10 @@ def _read_or_compute(path: Path, teacher: nn.Module, split: Split, exact: bool =
     # the default teacher on the reference machine: results/inference_format.json); accuracy is never
     # measured this way.
     bf16 = not exact and native_bf16(model_device(teacher))
-    # Every core: a neighbour worker (search.workers) that needs them waits for them meanwhile.
+    # Every core: a neighbour worker (search.workers) that needs them waits for them meanwhile. Not for the exact
+    # logits, which one trial needs while the neighbours go on (timing their models, say): this process's share.
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads if exact else max(threads, len(os.sched_getaffinity(0))))
     try:
         for idx, logits in iter_logits(teacher, split, 500, bf16=bf16):  # written as computed: never all in memory
             if out is None:
