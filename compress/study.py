@@ -89,6 +89,11 @@ def _trial_record(t: optuna.trial.FrozenTrial, out: Path) -> dict:
             "int8_rejected": t.user_attrs.get("int8_rejected")}
 
 
+def _trained(records: list[dict]) -> list[dict]:
+    """The complete trials' records, less those left untrained as too slow (search.skip_slow)."""
+    return [r for r in records if r["state"] == "COMPLETE" and not r["untrained"]]
+
+
 def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
     """The recipe that made a trial's model: the study's, its parameters, and (search.halving) the short
     schedule's epochs when it had only those, or the restart that the promoted one went on from."""
@@ -296,6 +301,8 @@ def _adopted(builds: list[bl.Build], complete: list[dict], recipe: Recipe, froze
     changes nothing where nothing is trained)."""
     adopted = {}
     for b in builds:
+        if bl.kept(b, data, tinfo) is not None:
+            continue  # made, copied or adopted before (while waiting): build_all finds it
         for r in complete:
             if bl.same_untrained(b.recipe, recipe_of(recipe, r)) and _fetch_model(
                     r, frozen[r["trial"]].user_attrs.get("model_artifact"), store):
@@ -313,7 +320,7 @@ def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -
     report to try and name."""
     out = recipe.out_path
     frozen = study.get_trials(deepcopy=False)
-    complete = [r for r in (_trial_record(t, out) for t in frozen) if r["state"] == "COMPLETE" and not r["untrained"]]
+    complete = _trained([_trial_record(t, out) for t in frozen])
     builds, _ = _search_independent(recipe, out / "baselines")
     adopted = _adopted(builds, complete, recipe, frozen, artifact_store(recipe, study), data, tinfo)
     todo = [b for b in builds if b.name not in adopted and bl.kept(b, data, tinfo) is None]
@@ -332,7 +339,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     store = artifact_store(recipe, study)
     frozen = study.get_trials(deepcopy=False)
     trials = [_trial_record(t, out) for t in frozen]
-    complete = [r for r in trials if r["state"] == "COMPLETE" and not r["untrained"]]
+    complete = _trained(trials)
     if not complete:
         slow = sum(bool(r["untrained"]) for r in trials)
         if slow:
@@ -587,7 +594,7 @@ def _write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, 
     clean = [{k: v for k, v in r.items() if k != "params_"} | {"params": r["params_"]} for r in front]
     write_json_atomic(out / "pareto.json", {"objectives": ["max val_accuracy", "min latency_p95_ms"], "front": clean,
                                             "teacher": teacher_rec, "baselines": refs})
-    complete = [r for r in trials if r["state"] == "COMPLETE" and not r["untrained"]]  # untrained: no accuracy
+    complete = _trained(trials)  # untrained: no accuracy
     title = (f"{recipe.name}: {len(complete)} trials, front of {len(front)}; batch {recipe.target.batch_size}, "
              f"{recipe.target.threads} thread(s), {recipe.target.device}")
     all_refs = {"teacher": teacher_rec, **refs}
