@@ -137,7 +137,7 @@ def adopt(b: Build, model: Path, rec: dict, data: Dataset, tinfo: dict) -> Stage
 def same_untrained(a: Recipe, b: Recipe) -> bool:
     """Whether two recipes make the same model without any training: the teacher as it is (no channel removed),
     quantized and exported alike from the same calibration sample (seed); KD and pruning settings then shape
-    nothing. The default study's int8 teacher baseline is its qdq teacher trial (~1 min on one core)."""
+    nothing. The default study's int8 teacher baseline is its teacher trial in quantize.format (~1 min on one core)."""
     return (not trains(a) and not trains(b) and a.student.model == b.student.model == TEACHER_FAMILY
             and all(getattr(a, k) == getattr(b, k) for k in ("seed", "data", "teacher", "quantize", "export")))
 

@@ -10,7 +10,7 @@ VECTOR_SPEC = InputSpec("vector", (64,), tuple("0123456789"), (0.0,), (1.0,))
 
 
 def _specs(name):
-    return IMAGE_SPECS if family_inputs(name) == "image" else [VECTOR_SPEC]
+    return {"image": IMAGE_SPECS, "vector": [VECTOR_SPEC], "any": IMAGE_SPECS + [VECTOR_SPEC]}[family_inputs(name)]
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -31,6 +31,16 @@ def test_cnn_pool_keeps_a_grid_of_positions_for_the_linear_layer():
         gap, grid = (build_model("cnn", spec, {"width": 4, "depth": 1, "pool": p}).eval() for p in (1, 7))
         assert grid.fc.in_features == 49 * gap.fc.in_features == 49 * 16
         assert grid(torch.randn(2, *spec.shape)).shape == (2, spec.num_classes)
+
+
+def test_mlp_flattens_an_image_into_its_first_layer():
+    for spec in IMAGE_SPECS:
+        model = build_model("mlp", spec, {"width": 8, "depth": 1}).eval()
+        assert model.features[0].in_features == spec.shape[0] * spec.shape[1] * spec.shape[2]
+        x = torch.randn(2, *spec.shape)
+        assert torch.equal(model(x), model(x.contiguous(memory_format=torch.channels_last)))
+    with pytest.raises(RecipeError, match="kwargs give in_features=64, but the data have 784"):
+        build_model("mlp", IMAGE_SPECS[0], {"in_features": 64})
 
 
 def test_torchvision_architecture_adapts_to_channels_and_classes():

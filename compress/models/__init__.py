@@ -9,6 +9,7 @@ import path ``package.module:factory``.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -16,7 +17,7 @@ import torch.nn as nn
 from compress.errors import RecipeError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_INPUTS: dict[str, str] = {}  # family -> "image" or "vector"
+_INPUTS: dict[str, str] = {}  # family -> "image", "vector" or "any" (an image is flattened into a vector)
 
 
 def register_model(name: str, inputs: str = "image"):
@@ -31,7 +32,7 @@ def register_model(name: str, inputs: str = "image"):
 
 
 def list_models(inputs: str | None = None) -> list[str]:
-    return sorted(n for n in _REGISTRY if inputs is None or _INPUTS[n] == inputs)
+    return sorted(n for n in _REGISTRY if inputs is None or _INPUTS[n] in (inputs, "any"))
 
 
 def family_inputs(name: str) -> str:
@@ -57,8 +58,8 @@ from compress.models import resnet, cnn, mlp  # noqa: E402,F401
 
 
 def _data_args(spec) -> dict[str, int]:
-    if spec.kind == "image":
-        return {"num_classes": spec.num_classes, "in_channels": spec.channels}
+    if spec.kind == "image":  # in_features for families that flatten the image (mlp)
+        return {"num_classes": spec.num_classes, "in_channels": spec.channels, "in_features": math.prod(spec.shape)}
     return {"num_classes": spec.num_classes, "in_features": spec.shape[0]}
 
 
@@ -100,10 +101,10 @@ def build_model(name: str, spec, kwargs: dict[str, Any] | None = None, field: st
                               f"{spec.shape[0]}-feature vectors; use mlp or an import path")
         from compress.models.torchvision_adapter import create_torchvision as fn
 
-        args = data
+        args = {k: data[k] for k in ("num_classes", "in_channels")}
     elif name in _REGISTRY:
         fn = _REGISTRY[name]
-        if _INPUTS[name] != spec.kind:
+        if _INPUTS[name] not in (spec.kind, "any"):
             raise RecipeError(f"{field} = {name!r}: this family takes {_INPUTS[name]}s, and these data are "
                               f"{spec.kind}s; families for {spec.kind}s: {', '.join(list_models(spec.kind))}, or "
                               "an import path package.module:factory")

@@ -1,7 +1,8 @@
-"""A student family for feature vectors: a plain MLP parametrised by width and depth.
+"""A student family for feature vectors and images: a plain MLP parametrised by width and depth.
 
 ``depth`` hidden layers of ``width`` units (Linear, BatchNorm, ReLU), then one linear classifier. BatchNorm
-folds into the Gemm at export, and Torch-Pruning shrinks the hidden widths like a CNN's channels.
+folds into the Gemm at export, and Torch-Pruning shrinks the hidden widths like a CNN's channels. An image
+is flattened first (``in_features`` = channels x height x width): the fastest end of an image front.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        return self.fc(self.features(x.flatten(1)))
 
 
-@register_model("mlp", inputs="vector")
+@register_model("mlp", inputs="any")
 def mlp(in_features: int = 64, num_classes: int = 10, width: int = 256, depth: int = 2, dropout: float = 0.0) -> nn.Module:
     return MLP(in_features, num_classes, width, depth, dropout)
