@@ -75,3 +75,41 @@ def test_reduce_range_keeps_weights_in_7_bits_and_is_on_without_vnni(tmp_path, t
     has_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(environment()["flags"]))
     assert reduce_range(QuantizeConfig()) is (not has_vnni)
     assert reduce_range(QuantizeConfig(reduce_range=False)) is False
+
+
+def test_each_calibration_run_is_held_as_heavy_work_a_neighbours_measurement_waits_for(tmp_path, tiny_data, monkeypatch):
+    """ONNX Runtime runs each calibration batch on every core: each run is inside compress.hostlock.batch (a
+    worker timing its candidate meanwhile waits for it), and nothing stays held once quantize_int8 returns."""
+    import contextlib
+
+    import onnxruntime as ort
+
+    import compress.techniques.quantize as q
+
+    state = {"inside": 0, "entered": 0, "runs": []}
+
+    @contextlib.contextmanager
+    def batch():
+        state["inside"] += 1
+        state["entered"] += 1
+        try:
+            yield
+        finally:
+            state["inside"] -= 1
+
+    real_run = ort.InferenceSession.run
+
+    def run(self, *args, **kwargs):
+        state["runs"].append(state["inside"])
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(q, "batch", batch)
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    fp32 = export_onnx(create_model("cnn", width=8, depth=1).eval(), tmp_path / "fp32.onnx")
+    calib, _ = calibration_inputs(tiny_data.train, 3 * q.CALIBRATION_BATCH, seed=0)
+    assert len(calib) == 3 * q.CALIBRATION_BATCH
+    for method in ("minmax", "percentile"):
+        state.update(entered=0, runs=[])
+        quantize_int8(fp32, tmp_path / f"{method}.onnx", calib, QuantizeConfig(enabled=True, calibration=method))
+        assert state["runs"] == [1, 1, 1], (method, state)
+        assert state["entered"] == 3 and state["inside"] == 0, (method, state)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.hostlock import batch
 from compress.recipe import QuantizeConfig
 
 CALIBRATION_BATCH = 64
@@ -22,14 +23,26 @@ FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # recipe value -> ONNX 
 
 
 class _Reader:
-    """An onnxruntime CalibrationDataReader over an in-memory array."""
+    """An onnxruntime CalibrationDataReader over an in-memory array. ONNX Runtime runs each batch it hands out
+    on every core before it asks for the next: that run is held as a batch of heavy work
+    (``compress.hostlock.batch``), so a neighbour's latency measurement waits for it instead of sharing the
+    cores with it (beside a worker calibrating the default teacher, the 0.5-pruned teacher's p95 read 4.5 ms
+    instead of 0.3-0.4 in half of its measurements)."""
 
     def __init__(self, input_name: str, inputs: np.ndarray):
         self._batches = iter([{input_name: inputs[i : i + CALIBRATION_BATCH]}
                               for i in range(0, len(inputs), CALIBRATION_BATCH)])
+        self._held = contextlib.ExitStack()
 
     def get_next(self):
-        return next(self._batches, None)
+        self._held.close()  # the batch handed out before has been run
+        item = next(self._batches, None)
+        if item is not None:
+            self._held.enter_context(batch())
+        return item
+
+    def close(self) -> None:
+        self._held.close()
 
 
 def reduce_range(cfg: QuantizeConfig) -> bool:
@@ -55,9 +68,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         # The histogram calibrators print their progress ("Collecting tensor data ..."): not for our users.
-        with contextlib.redirect_stdout(io.StringIO()):
+        reader = _Reader(INPUT_NAME, calibration)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.closing(reader):
             quantize_static(
-                str(pre), str(out_path), _Reader(INPUT_NAME, calibration),
+                str(pre), str(out_path), reader,
                 quant_format=fmt, per_channel=cfg.per_channel, reduce_range=reduce_range(cfg),
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method,
