@@ -1,7 +1,8 @@
 """Model families by name: ``create_model(name, **kwargs)`` over a decorator registry, and
 ``build_model(name, spec, kwargs)``, which adapts any family to the data's input specification.
 
-Adding a family is one new module that calls ``@register_model("name", inputs=...)`` and one import below.
+Adding a family is one new module that calls ``@register_model("name", inputs=...)`` ("image", "vector", or
+"any": it takes ``in_features`` and flattens an image itself) and one import below.
 A model name is a registered family, ``tv:<arch>`` (any torchvision classification architecture) or an
 import path ``package.module:factory``.
 """
