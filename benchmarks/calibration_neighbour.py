@@ -3,12 +3,15 @@
 
 Two workers of a study share a machine; one times its candidate while the other quantizes the default
 teacher (static int8, percentile calibration on 512 training images, in a loop). ONNX Runtime runs each
-calibration batch on every core. The measured model is the default teacher pruned by 0.5 (32-48-96-128
-channels, untrained: latency does not depend on the weights), int8 QDQ, batch 1, one thread, measured with
-``compress.latency.measure`` (the search's protocol, which holds the host lock) ``--repeats`` times, half a
-second apart, in each condition: alone; beside the neighbour with its calibration outside the lock (``COMPRESS_HOST_LOCK=0`` in
-the neighbour: the code before the fix); beside the neighbour as compress runs it now. Conditions in the
-order alone, ungated, gated, alone.
+calibration batch on every core. The measured model has the channels of the default teacher pruned by 0.5
+(a ResNet of its shape with 32-48-96-128 channels, randomly initialised: latency does not depend on the
+weights), int8 QDQ, batch 1, one thread, measured with ``compress.latency.measure`` (the search's protocol,
+which holds the host lock) ``--repeats`` times, half a second apart, in each condition: alone; beside the
+neighbour with its calibration outside the lock (``COMPRESS_HOST_LOCK=0`` in the neighbour: the code before
+the fix); beside the neighbour as compress runs it now. Conditions in the order alone, ungated, gated, alone.
+(Measured back to back, without the half second, the ungated neighbour disturbed 1 of 39 measurements in six
+runs, likely because it hardly got to calibrate between them; a worker's measurements are spaced by its other
+work.)
 
     .venv/bin/python benchmarks/calibration_neighbour.py --out results/calibration_neighbour.json
 """
@@ -108,7 +111,8 @@ def main() -> None:
         row["over_2x_alone"] = sum(x > 2 * alone for x in row["p95_ms"])
     write_json_atomic(args.out, {
         "command": f"python benchmarks/calibration_neighbour.py --out {args.out} --repeats {args.repeats}",
-        "measured": "the default teacher pruned by 0.5 (untrained), int8 QDQ, batch 1, 1 thread, compress.latency.measure",
+        "measured": "a ResNet with the channels of the default teacher pruned by 0.5 (32-48-96-128), randomly "
+                    "initialised, int8 QDQ, batch 1, 1 thread, compress.latency.measure",
         "neighbour": "quantize_int8 of the default teacher in a loop (percentile, 512 images), another process",
         "median_p95_alone_ms": alone, "machine": pipeline.machine_info(), "rows": rows})
     print(f"-> {args.out}")
