@@ -159,10 +159,15 @@ def test_kill_9_of_the_finisher_mid_bundle_leaves_nothing_complete(tmp_path):
 @pytest.mark.timeout(1500)
 def test_database_restart_during_a_search(pg_url, postgres, tmp_path):
     """The server goes down for a few seconds mid-search: the worker waits for it and goes on."""
-    cmd = _cmd(tmp_path, pg_url, 3)
+    # Trials of several seconds, as in the kill -9 test: with 1-epoch trials of ~1 s and the teacher's logits
+    # cached, a fresh-clone CI run once finished the whole search between two looks (and waited 900 s).
+    cmd = _cmd(tmp_path, pg_url, 3, "--set", "distill.train.epochs=4")
     proc = _start(cmd, tmp_path / "w.log")
 
     def training() -> bool:
+        if proc.poll() is not None:  # a search that ended unseen cannot be interrupted: say so now
+            raise AssertionError("the search ended before its second trial was seen running: "
+                                 + (tmp_path / "w.log").read_text()[-2000:])
         try:
             return any(t.number == 1 and t.state == TrialState.RUNNING for t in _trials(pg_url))
         except Exception:
