@@ -22,7 +22,7 @@ from compress.data import Dataset
 from compress.errors import CompressError, TargetError
 from compress.io import copy_atomic, read_json, sha256_file, write_json_atomic
 from compress.latency import backend_for
-from compress.pipeline import TEACHER_FAMILY, Stage, compress_student, trains
+from compress.pipeline import TEACHER_FAMILY, Stage, compress_student, evaluated, trains
 from compress.recipe import Recipe, fingerprint_of, with_values
 
 
@@ -120,7 +120,9 @@ def build(b: Build, data: Dataset, teacher: nn.Module, tinfo: dict) -> Stage:
         return dataclasses.replace(compress_student(b.recipe, data, teacher, tinfo, folder, state=b.state)[-1],
                                    name=b.name)
 
-    return _cached(b.root / b.name, b.keys(data, tinfo), make, b.label, b.cache)
+    stage = _cached(b.root / b.name, b.keys(data, tinfo), make, b.label, b.cache)
+    evaluated(stage.onnx, data, keep=True)  # in the process that made it (side by side), for the report's paired tests
+    return stage
 
 
 def adopt(b: Build, model: Path, rec: dict, data: Dataset, tinfo: dict) -> Stage:
@@ -192,11 +194,27 @@ class SideBySide:
 
         self.pool = cf.ProcessPoolExecutor(processes, mp_context=tmp.get_context("spawn"), initializer=_child_init,
                                            initargs=(data, tinfo, threads))
+        self.builds = {b.name: b for b in builds}
         self.futures = {b.name: self.pool.submit(_child_build, b) for b in builds}
         self.threads = threads * processes
 
     def running(self) -> bool:
         return not all(f.done() for f in self.futures.values())
+
+    def makes(self, b: Build, data: Dataset, tinfo: dict) -> bool:
+        """Whether one of these builds makes ``b``'s model (same name, same model key)."""
+        mine = self.builds.get(b.name)
+        return mine is not None and mine.keys(data, tinfo)[0] == b.keys(data, tinfo)[0]
+
+    def stop(self) -> None:
+        """Give up on the builds not finished yet: their processes are ended (a finished one is kept, as
+        ``build`` keeps every model it makes; a model ended half-way left no record, so it is made again)."""
+        workers = dict(getattr(self.pool, "_processes", None) or {})  # the standard library's own record of them
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for p in workers.values():
+            p.terminate()
+        for p in workers.values():
+            p.join()
 
     def results(self) -> dict[str, Stage | CompressError]:
         from concurrent.futures.process import BrokenProcessPool

@@ -452,7 +452,8 @@ class Objective:
         for s in stages[:-1]:
             s.onnx.unlink(missing_ok=True)
         lat = measure(model, r.latency, r.target.batch_size, r.target.threads, r.target.device)
-        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat), "stage": final.name,
+        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat, keep=True),
+                   "stage": final.name,
                    "paused_for_neighbours_s": round(hostlock.paused_s - paused0, 2),
                    "model_sha256": sha256_file(model)}
         val = metrics["val_accuracy"]

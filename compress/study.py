@@ -28,8 +28,8 @@ from compress.errors import CompressError
 from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
-from compress.pipeline import (RESTART_STATE, Stage, machine_info, model_metrics, prepare, removes_channels, summarize,
-                               trains)
+from compress.pipeline import (RESTART_STATE, Stage, evaluated, machine_info, model_metrics, prepare, removes_channels,
+                               summarize, trains)
 from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, space_leaf, with_values
 from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
@@ -141,6 +141,11 @@ class FullPlan:
     resumed: bool
 
 
+def _needs_full(recipe: Recipe, rec: dict) -> bool:
+    """Whether the trial's model had less than the recipe's schedule or training split (``_full_plan``)."""
+    return rec.get("schedule") == "short" or recipe.search.train_fraction < 1
+
+
 def _full_plan(recipe: Recipe, chosen: dict, saved_state: dict | None = None, store=None) -> FullPlan | None:
     """Cheap early, exact late: search.halving leaves most candidates on their short schedule, and a promoted
     one too when its full schedule would overrun search.timeout_s; search.train_fraction trains every candidate
@@ -148,9 +153,9 @@ def _full_plan(recipe: Recipe, chosen: dict, saved_state: dict | None = None, st
     the whole split. None when the chosen trial had its full schedule on the whole split already.
     ``saved_state`` (the trial's ``restart_state`` attribute) and ``store`` fetch its restart state where
     another machine ran it."""
-    fraction, short = recipe.search.train_fraction, chosen.get("schedule") == "short"
-    if not short and fraction >= 1:
+    if not _needs_full(recipe, chosen):
         return None
+    fraction, short = recipe.search.train_fraction, chosen.get("schedule") == "short"
     fp32 = {"quantize.enabled": False} if chosen.get("int8_rejected") else {}  # its int8 failed the gate: as the trial
     full = with_values(recipe, {**chosen["params_"], **fp32})
     trial_schedule = {k: v for k, v in chosen["overrides"].items() if k not in fp32} if short else {}
@@ -180,7 +185,8 @@ def _full_result(recipe: Recipe, chosen: dict, plan: FullPlan, stage, data, teac
     meeting what that one met; summary.json's ``full_schedule`` says what happened."""
     alone = measure(stage.onnx, recipe.latency, *target)
     rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
-           **model_metrics(stage, data, alone), "artifact_path": str(stage.onnx), "latency_measured": "final"}
+           **model_metrics(stage, data, alone, keep=True), "artifact_path": str(stage.onnx),
+           "latency_measured": "final"}
     _judge(rec, teacher_val, recipe)
     better = rec["val_accuracy"] >= chosen["val_accuracy"] and rec["feasible"] >= chosen["feasible"]
     result = {"trial": chosen["trial"], "trial_schedule": plan.trial_schedule,
@@ -247,8 +253,9 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     (see compress.workers). Returns summary.json's content, or None when another process writes the report.
     ``report_only`` (``compress report``): no trials, the report (again). ``report`` False: trials only (a
     worker started by another one's ``search.workers``). ``workers``: the ``LocalWorkers`` this process
-    started; when its own trials are done, it builds the baselines the search does not decide while they
-    finish theirs (on every core from the step they end), then waits for them before it claims the report."""
+    started; when its own trials are done, it starts a baseline while they finish theirs (the no-KD student
+    of the trial the search's numbers choose: ``_baselines_while_waiting``), then waits for them before it
+    claims the report."""
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     data, teacher, tinfo = prepare(recipe)
@@ -263,7 +270,7 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     if not report_only:
         optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
         clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
-    early = None  # the baselines started while the other workers finish
+    early = None  # the baseline(s) started while the other workers finish
     if workers is not None:
         if report and recipe.search.baselines and workers.running():
             early = _baselines_while_waiting(recipe, study, data, tinfo, workers.per_worker)
@@ -276,11 +283,7 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
         return None
     with claim:
         clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
-        # Only the report needs the teacher's test accuracy: a worker that leaves it to another skips it.
-        teacher_correct = onnx_correct(teacher_onnx, data.test)  # per test image: the paired accuracy tests
-        teacher_rec.update(test_accuracy_fields(teacher_correct))
-        clock.lap("setup")
-        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock, early)
+        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
 
 
 def _search_independent(recipe: Recipe, root: Path) -> tuple[list[bl.Build], dict[str, CompressError]]:
@@ -313,17 +316,29 @@ def _adopted(builds: list[bl.Build], complete: list[dict], recipe: Recipe, froze
 
 
 def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -> bl.SideBySide | None:
-    """The baselines the search does not decide, started while the other workers of this machine finish their
-    last trials, in a process of their own on this worker's share of the cores, which would otherwise wait;
-    the report trains the no-KD student beside it and waits for it (``_finish``). Those a trial made already
-    are copied from it; those kept from before are not made again. One that cannot be made is left for the
-    report to try and name."""
+    """A baseline started while the other workers of this machine finish their last trials, in a process of its
+    own on this worker's share of the cores, which would otherwise wait: the no-KD student of the trial the
+    search's numbers choose, else the baselines the search does not decide; the report trains the rest beside
+    it and waits for it (``_finish``). Those a trial made already are copied from it; those kept from before
+    are not made again. One that cannot be made is left for the report to try and name."""
     out = recipe.out_path
     frozen = study.get_trials(deepcopy=False)
     complete = _trained([_trial_record(t, out) for t in frozen])
     builds, _ = _search_independent(recipe, out / "baselines")
+    # The longest baseline is the chosen candidate's student without KD, which waited for the final measurement
+    # to decide which candidate that is: 3.0 of the default study's 15.0 minutes in the run of e209029. The trial
+    # the search's own numbers choose is the one the final measurement chooses unless a p95 near the service
+    # level moves across it: its no-KD student starts now (stopped if another trial is chosen, ``_finish``), and
+    # the others after the final measurement, beside it.
+    guess = _choose(complete) if complete else None
+    if guess is not None and not _needs_full(recipe, guess):
+        builds.insert(0, bl.student_without_kd(recipe_of(recipe, guess), out / "baselines"))
     adopted = _adopted(builds, complete, recipe, frozen, artifact_store(recipe, study), data, tinfo)
     todo = [b for b in builds if b.name not in adopted and bl.kept(b, data, tinfo) is None]
+    if todo and todo[0].name == "student_no_kd":
+        todo = todo[:1]
+        tqdm.write(f"{todo[0].name}: of trial #{guess['trial']}, the one the numbers measured in the search choose "
+                   "(the final measurement decides)")
     if not todo:
         return None
     tqdm.write(f"while the other workers finish their last trials: {', '.join(b.name for b in todo)}, in a process "
@@ -331,7 +346,7 @@ def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -
     return bl.SideBySide(todo, data, tinfo, 1, threads)
 
 
-def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, teacher_onnx, clock,
+def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock,
             early: bl.SideBySide | None = None) -> dict:
     out = recipe.out_path
     (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
@@ -394,9 +409,16 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     if recipe.search.baselines:
         tqdm.write("baselines: teacher int8, pruned teacher, student without KD "
                    "(each kept per study and in .cache/baselines/)")
-        builds.insert(0, bl.student_without_kd(no_kd_of, root))
+        no_kd = bl.student_without_kd(no_kd_of, root)
+        if early and no_kd.name in early.futures and not early.makes(no_kd, data, tinfo):
+            tqdm.write(f"{no_kd.name}: the final measurement chose trial #{chosen['trial']}, not the trial whose "
+                       f"no-KD student started while waiting; that one is stopped, #{chosen['trial']}'s trained "
+                       "instead")
+            early.stop()  # what it finished is kept and found by build_all; the rest is made here
+            early = None
+        builds.insert(0, no_kd)
         independent, unbuilt = _search_independent(recipe, root)  # kept already when made while waiting
-        builds += [b for b in independent if not early or b.name not in early.futures]  # the rest: started then
+        builds = [b for b in builds + independent if not (early and b.name in early.futures)]  # not started then
         adopted = _adopted(builds, complete, recipe, frozen, store, data, tinfo)
         builds = [b for b in builds if b.name not in adopted]
     started = time.time()
@@ -404,6 +426,15 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     cores = torch.get_num_threads()
     with threads_from(lambda: max(1, cores - early.threads) if early and early.running() else cores):
         made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe)), **adopted}
+    trained_s = time.time() - started
+    # What the paired tests need, while the baseline started before still trains (its process evaluates its
+    # own): the teacher's per-image correctness (13 s on one core for the default teacher; only the report
+    # needs it, so a worker that leaves the report to another skips it) and the models made here.
+    teacher_correct = onnx_correct(teacher_onnx, data.test)
+    teacher_rec.update(test_accuracy_fields(teacher_correct))
+    for s in made.values():
+        if isinstance(s, Stage):
+            evaluated(s.onnx, data, keep=True)
     if early:
         made.update(early.results())
     full_schedule = None
@@ -412,7 +443,7 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
         if isinstance(stage, CompressError):
             raise stage
         full_schedule = _full_result(recipe, chosen, plan, stage, data, teacher_rec["val_accuracy"], target,
-                                     time.time() - started)
+                                     trained_s)
         front = _still_pareto(front, recipe, chosen)  # the fully trained model may dominate a neighbour
         if recipe.search.baselines and full_schedule["handed_over"] == "trial":  # the no-KD baseline of that one
             made.update(bl.build_all([bl.student_without_kd(recipe_of(recipe, chosen), root)], data, teacher, tinfo))
@@ -438,13 +469,13 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_correct, t
     # Accuracy verdicts come from paired tests on the same test images (compress.verdicts), so each model's
     # per-image correctness is computed once here; the recorded accuracies are the same numbers.
     tqdm.write(f"paired accuracy tests on {len(data.test):,} test samples: front, baselines, teacher")
-    correct = {r["trial"]: onnx_correct(Path(r["artifact_path"]), data.test) for r in front}
+    correct = {r["trial"]: evaluated(Path(r["artifact_path"]), data, keep=True)[1] for r in front}
     for r in front:
         r.update(test_accuracy_fields(correct[r["trial"]]))
     refs = {}
     for k, s in refs_stages.items():
-        base_correct = onnx_correct(s.onnx, data.test)
-        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k], base_correct),
+        base_correct = evaluated(s.onnx, data, keep=True)[1]
+        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k], keep=True),
              "latency_interleaved": lat[k].to_dict()}
         r["versus_front"] = baseline_verdict(r, base_correct, front, correct)
         r["dominated_by_front"] = r["versus_front"]["verdict"] == "dominated"

@@ -152,3 +152,30 @@ def test_models_trained_side_by_side_are_the_ones_one_process_makes(tiny_data, t
     again = bl.build_all(builds(tmp_path / "side")[:2], tiny_data, teacher, tinfo, processes=2)
     assert "side by side" not in capfd.readouterr().out
     assert {k: v.onnx for k, v in again.items()} == {k: side[k].onnx for k in again}
+
+
+def test_a_build_started_side_by_side_can_be_stopped_and_its_model_made_again(tiny_data, tmp_path, monkeypatch):
+    """The no-KD student started while waiting belongs to the trial the search's numbers chose; when the final
+    measurement chooses another, its process is ended at once (not left to hold a core for minutes), and no
+    half-made model is taken for a kept one: the folder's model is the one made afterwards."""
+    import time
+
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
+    r = _recipe("distill.train.epochs=100000", "distill.train.device=cpu")  # hours: still running when stopped
+    teacher, tinfo = load_teacher(r.teacher)
+    b = bl.student_without_kd(r, tmp_path)
+    side = bl.SideBySide([b], tiny_data, tinfo, 1, 1)
+    procs = list(side.pool._processes.values())
+    deadline = time.time() + 120
+    while not side.futures[b.name].running() and time.time() < deadline:
+        time.sleep(0.2)
+    assert side.futures[b.name].running()
+    assert side.makes(b, tiny_data, tinfo)
+    assert not side.makes(bl.student_without_kd(_recipe("student.width=4"), tmp_path), tiny_data, tinfo)
+    side.stop()  # (waiting for the build instead would meet the test's timeout)
+    assert procs and not any(p.is_alive() for p in procs)
+    assert bl.kept(b, tiny_data, tinfo) is None  # ended half-way: nothing kept
+    short = bl.student_without_kd(_recipe("distill.train.device=cpu"), tmp_path)
+    stage = bl.build(short, tiny_data, teacher, tinfo)
+    assert stage.onnx == tmp_path / "student_no_kd" / "model.onnx"
+    assert bl.kept(short, tiny_data, tinfo) is not None

@@ -74,3 +74,37 @@ def test_a_model_no_exporter_can_take_names_both_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "_dynamo_export", refuse)
     with pytest.raises(export_mod.ExportError, match="TorchScript exporter: RuntimeError: no; dynamo exporter"):
         export_mod.export_onnx(create_model("cnn", width=4, depth=1), tmp_path / "m.onnx")
+
+
+def test_a_models_evaluation_is_kept_beside_it_and_read_only_for_that_file_and_data(tmp_path, tiny_data, monkeypatch):
+    """``evaluated(keep=True)``: a trial's or a baseline's own process evaluates its model, and the report reads
+    the same numbers (validation accuracy, per-test-sample correctness) from beside the file; another model
+    in that file, other data or an unreadable record are evaluated again."""
+    import dataclasses
+
+    import compress.pipeline as pipeline
+    from compress.export import onnx_accuracy, onnx_correct
+
+    torch.manual_seed(0)
+    path = export_onnx(create_model("cnn", width=8, depth=1).eval(), tmp_path / "m.onnx")
+    val, correct = pipeline.evaluated(path, tiny_data, keep=True)
+    assert val == onnx_accuracy(path, tiny_data.val)
+    np.testing.assert_array_equal(correct, onnx_correct(path, tiny_data.test))
+    assert (tmp_path / "m.accuracy.json").is_file()
+    runs = []
+    monkeypatch.setattr(pipeline, "onnx_correct", lambda *a: runs.append(a) or onnx_correct(*a))
+    again = pipeline.evaluated(path, tiny_data, keep=True)
+    assert runs == [] and again[0] == val and again[1].dtype == bool
+    np.testing.assert_array_equal(again[1], correct)
+    other_data = dataclasses.replace(tiny_data, fingerprint="another")
+    pipeline.evaluated(path, other_data, keep=True)
+    assert len(runs) == 1
+    torch.manual_seed(1)
+    export_onnx(create_model("cnn", width=8, depth=1).eval(), path)  # another model in the same file
+    pipeline.evaluated(path, other_data, keep=True)
+    assert len(runs) == 2
+    (tmp_path / "m.accuracy.json").write_text("{ half a rec")
+    pipeline.evaluated(path, other_data, keep=True)
+    assert len(runs) == 3
+    pipeline.evaluated(path, other_data)  # not kept: always evaluated
+    assert len(runs) == 4

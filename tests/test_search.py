@@ -443,11 +443,11 @@ def test_a_study_with_some_candidates_too_slow_untrained_reports_the_others(tmp_
     assert (recipe.out_path / "pareto.png").is_file()
 
 
-def test_baselines_the_search_does_not_decide_are_started_while_the_other_workers_finish(tmp_path, monkeypatch):
-    """A worker whose neighbours (search.workers) are still on their last trials starts the pruned and the int8
-    teacher meanwhile, in a process of its own on its share of the cores; the report trains only the student
-    without KD, beside that process (not after it: the default study's tail took 4.8 min one after the other),
-    and waits for it."""
+def test_the_student_without_kd_is_started_while_the_other_workers_finish(tmp_path, monkeypatch):
+    """A worker whose neighbours (search.workers) are still on their last trials starts the no-KD student of
+    the trial the search's numbers choose meanwhile, in a process of its own on its share of the cores; the
+    report trains the pruned and the int8 teacher beside that process (not after it: the default study's tail
+    took 4.8 min one after the other), and waits for it."""
     import compress.baselines as bl
 
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=1",
@@ -478,10 +478,64 @@ def test_baselines_the_search_does_not_decide_are_started_while_the_other_worker
             pass
 
     summary = run_study(recipe, workers=Neighbours())
-    assert started == [(["teacher_pruned50", "teacher_int8"], (1, 1))]
-    assert reported == [["student_no_kd"]]  # the two started before are not made again
+    assert started == [(["student_no_kd"], (1, 1))]
+    assert reported == [["teacher_pruned50", "teacher_int8"]]  # the one started before is not made again
     assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
     assert all((recipe.out_path / "baselines" / name / "model.onnx").is_file() for name in summary["baselines"])
+
+
+def test_a_student_without_kd_started_for_another_trial_than_the_chosen_one_is_replaced(tmp_path, monkeypatch):
+    """The no-KD student started while waiting is the trial the search's numbers choose; when the final
+    measurement chooses another (a p95 moved across the service level), that one's is trained instead, and the
+    baseline compared is the chosen artifact's architecture."""
+    import compress.baselines as bl
+    import compress.study as study_mod
+
+    recipe = load_recipe("recipes/tiny_search.yaml", [
+        f"output_dir={tmp_path}", "search.n_trials=2", "capacity.enabled=false", "search.baseline_finetune.epochs=0",
+        "slo.p95_ms=1000", "latency.max_seconds=0.1", "latency.min_runs=20",
+        "search.space={student.width: [4, 12], distill.temperature: {low: 2.0, high: 6.0}}",
+        "search.enqueue=[{student.width: 4}, {student.width: 12}]"])
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
+    real_choose, guessed = study_mod._choose, []
+
+    def choose(records):  # the search's numbers choose the trial the final measurement will not
+        if not guessed:
+            guessed.append(next(r for r in records if r["trial"] != real_choose(records)["trial"]))
+            return guessed[0]
+        return real_choose(records)
+
+    started, reported = [], []
+    real_build_all = bl.build_all
+
+    class Started(bl.SideBySide):
+        def __init__(self, builds, *args):
+            started.append([b.name for b in builds])
+            super().__init__(builds, *args)
+
+    def build_all(builds, *args, **kwargs):
+        reported.append([b.name for b in builds])
+        return real_build_all(builds, *args, **kwargs)
+
+    monkeypatch.setattr(study_mod, "_choose", choose)
+    monkeypatch.setattr(bl, "SideBySide", Started)
+    monkeypatch.setattr(bl, "build_all", build_all)
+
+    class Neighbours:  # what compress.workers.LocalWorkers offers run_study
+        per_worker, cores = 1, 2
+
+        def running(self):
+            return True
+
+        def wait(self):
+            pass
+
+    summary = run_study(recipe, workers=Neighbours())
+    assert started == [["student_no_kd"]] and summary["chosen_trial"] != guessed[0]["trial"]
+    assert "student_no_kd" in reported[0]  # made again, for the chosen trial
+    no_kd, artifact = summary["baselines"]["student_no_kd"], summary["artifact"]
+    assert (no_kd["macs"], no_kd["params"]) == (artifact["macs"], artifact["params"])
+    assert no_kd["macs"] != guessed[0]["macs"]  # not the 4-wide student's for the 12-wide, or the other way round
 
 
 def test_a_candidate_with_no_training_is_finished_even_when_too_slow(tmp_path, monkeypatch):
