@@ -149,15 +149,16 @@ def kept(b: Build, data: Dataset, tinfo: dict) -> Stage | None:
     return _cached(b.root / b.name, b.keys(data, tinfo), None, b.label, b.cache)
 
 
-def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dict, processes: int = 1
-              ) -> dict[str, Stage | CompressError]:
+def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dict, processes: int = 1,
+              meanwhile=None) -> dict[str, Stage | CompressError]:
     """Every build's model, or the CompressError that stopped it (a baseline that cannot be made is left out
     of the comparison; the caller decides). Those kept from before are copied first. With ``processes`` > 1
     and at least two to train, they train side by side, each in a process of its own with this process's
     threads shared out between them (two 1-thread trainings made 1.25-1.6x the steps of one 2-thread
     training on 2 cores: results/train_threads.json), in the given order (put the longest first); the
     models are the ones a process of that many threads makes alone, and a finished one is kept even when
-    another fails."""
+    another fails. ``meanwhile``: the caller's own work, called once: when the first of the processes ends
+    (on the cores it leaves while the others train), or after the builds made in this process."""
     done: dict[str, Stage | CompressError] = {}
     todo = []
     for b in builds:
@@ -172,6 +173,8 @@ def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dic
                 done[b.name] = build(b, data, teacher, tinfo)
             except CompressError as err:  # e.g. int8 failing its parity gate, a teacher that cannot be pruned
                 done[b.name] = err
+        if meanwhile is not None:
+            meanwhile()
         return {b.name: done[b.name] for b in builds}
     import torch
 
@@ -179,7 +182,7 @@ def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dic
     threads = max(1, torch.get_num_threads() // processes)
     tqdm.write(f"training {len(todo)} models side by side, {processes} at a time with {threads} thread(s) each, "
                f"in processes of their own: {', '.join(b.name for b in todo)}")
-    done.update(SideBySide(todo, data, tinfo, processes, threads).results())
+    done.update(SideBySide(todo, data, tinfo, processes, threads).results(meanwhile))
     return {b.name: done[b.name] for b in builds}
 
 
@@ -216,11 +219,16 @@ class SideBySide:
         for p in workers.values():
             p.join()
 
-    def results(self) -> dict[str, Stage | CompressError]:
+    def results(self, meanwhile=None) -> dict[str, Stage | CompressError]:
+        """``meanwhile``: called once the first build ends (its process's cores free while the others go on)."""
+        import concurrent.futures as cf
         from concurrent.futures.process import BrokenProcessPool
 
         done: dict[str, Stage | CompressError] = {}
         try:
+            if meanwhile is not None:
+                cf.wait(self.futures.values(), return_when=cf.FIRST_COMPLETED)
+                meanwhile()
             for name, f in self.futures.items():
                 try:
                     done[name] = f.result()

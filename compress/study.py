@@ -421,21 +421,30 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, cloc
         builds = [b for b in builds + independent if not (early and b.name in early.futures)]  # not started then
         adopted = _adopted(builds, complete, recipe, frozen, store, data, tinfo)
         builds = [b for b in builds if b.name not in adopted]
+    teacher_correct = None
+    ready = [s for s in [*adopted.values(), *(bl.kept(b, data, tinfo) for b in builds)] if s is not None]
+
+    def for_the_paired_tests() -> None:
+        """What the paired tests need and no build's process computes (each evaluates its own model): the
+        teacher's per-image correctness (13 s on one core for the default teacher; only the report needs it, so
+        a worker that leaves the report to another skips it) and that of the models adopted or kept from before.
+        On a core a finished build leaves while another trains on: the default study's no-KD student (4 epochs
+        of the teacher pruned by 0.65) trains on after the pruned teacher beside it (2 epochs) is done."""
+        nonlocal teacher_correct
+        teacher_correct = onnx_correct(teacher_onnx, data.test)
+        teacher_rec.update(test_accuracy_fields(teacher_correct))
+        for s in ready:
+            evaluated(s.onnx, data, keep=True)
+
     started = time.time()
     # Beside those started while waiting, on the cores their process leaves (each training step asks again).
     cores = torch.get_num_threads()
     with threads_from(lambda: max(1, cores - early.threads) if early and early.running() else cores):
-        made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe)), **adopted}
+        made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe),
+                               meanwhile=None if early else for_the_paired_tests), **adopted}
     trained_s = time.time() - started
-    # What the paired tests need, while the baseline started before still trains (its process evaluates its
-    # own): the teacher's per-image correctness (13 s on one core for the default teacher; only the report
-    # needs it, so a worker that leaves the report to another skips it) and the models made here.
-    teacher_correct = onnx_correct(teacher_onnx, data.test)
-    teacher_rec.update(test_accuracy_fields(teacher_correct))
-    for s in made.values():
-        if isinstance(s, Stage):
-            evaluated(s.onnx, data, keep=True)
     if early:
+        for_the_paired_tests()  # while the one started before still trains
         made.update(early.results())
     full_schedule = None
     if plan:

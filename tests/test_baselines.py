@@ -179,3 +179,27 @@ def test_a_build_started_side_by_side_can_be_stopped_and_its_model_made_again(ti
     stage = bl.build(short, tiny_data, teacher, tinfo)
     assert stage.onnx == tmp_path / "student_no_kd" / "model.onnx"
     assert bl.kept(short, tiny_data, tinfo) is not None
+
+
+def test_the_callers_work_runs_when_the_first_side_by_side_build_ends(tiny_data, tmp_path, monkeypatch):
+    """``meanwhile`` (the report's teacher pass and evaluations) runs on the cores a finished build leaves, while
+    the others still train, once; in one process, after its builds."""
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
+    r = _recipe("distill.train.device=cpu", "prune.finetune.device=cpu", "search.baseline_finetune.device=cpu")
+    teacher, tinfo = load_teacher(r.teacher)
+    endless = bl.student_without_kd(bl.with_values(r, {"distill.train.epochs": 100000}), tmp_path)
+    short = bl.teacher_pruned(bl.with_values(r, {"search.baseline_finetune.epochs": 0}), tmp_path)
+    side = bl.SideBySide([endless, short], tiny_data, tinfo, 2, 1)
+    seen = []
+
+    def meanwhile():
+        seen.append((side.futures[short.name].done(), side.futures[endless.name].done()))
+        side.stop()  # the endless one would never end
+
+    with pytest.raises(RuntimeError, match="student_no_kd"):
+        side.results(meanwhile)
+    assert seen == [(True, False)]
+    assert bl.kept(short, tiny_data, tinfo) is not None
+    calls = []
+    made = bl.build_all([short], tiny_data, teacher, tinfo, processes=2, meanwhile=lambda: calls.append(1))
+    assert calls == [1] and made[short.name].onnx.is_file()
