@@ -190,11 +190,22 @@ def _prune_and_adapt(model: nn.Module, cfg: PruneConfig, spec: InputSpec, data: 
     return adapt_batchnorm(model, (x for _, x, _ in batches(data.train, 256)))
 
 
-def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path) -> LatencyStats:
+# A probe whose p95 misses the service level by less than this factor is timed in a second window before its
+# candidate is left untrained. In a study of fdafcae on the reference machine the enqueued 0.65-pruned teacher
+# was probed at p50 0.201 / p95 0.322 ms (95% CI from 0.311) and not trained, where ten probes of the same
+# architecture in the study before read p50 0.120-0.123 / p95 0.154-0.204; the same model's p95 moved
+# 0.23 <-> 0.36 ms between minutes of one study there (compress.study.NEAR_FRONT).
+RECHECK_BELOW = 1.6
+
+
+def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path,
+                  windows: list[float] | None = None) -> LatencyStats:
     """The candidate's latency before any training: its architecture built, pruned (per-layer ratios give
     the trained model's channel counts; a teacher copy is pruned exactly as its trial will prune it),
     exported and, with int8 on, quantized with a small calibration set, then timed like the final model.
-    Dense kernels take as long whatever the weights are, so this is the trained model's latency."""
+    Dense kernels take as long whatever the weights are, so this is the trained model's latency. A near miss
+    of the service level (``RECHECK_BELOW``) is timed again, and the less disturbed window (the lower p95:
+    interference only adds latency) is returned; ``windows`` gets each window's p95."""
     from compress.latency import measure
 
     torch.manual_seed(recipe.seed)
@@ -209,7 +220,16 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path)
         calib, _ = calibration_inputs(data.train, min(q.calibration_size, 64), recipe.seed)
         path = quantize_int8(path, work / "probe_int8.onnx", calib, q)
     t = recipe.target
-    return measure(path, recipe.latency, t.batch_size, t.threads, t.device)
+    stats = measure(path, recipe.latency, t.batch_size, t.threads, t.device)
+    slo = recipe.slo.p95_ms
+    got = [stats.p95_ms]
+    if slo is not None and slo < stats.p95_ci95_ms[0] and stats.p95_ms < RECHECK_BELOW * slo:
+        again = measure(path, recipe.latency, t.batch_size, t.threads, t.device)
+        got.append(again.p95_ms)
+        stats = min(stats, again, key=lambda w: w.p95_ms)
+    if windows is not None:
+        windows.extend(got)
+    return stats
 
 
 def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_info: dict, work: Path,
