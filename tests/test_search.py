@@ -473,6 +473,40 @@ def test_a_study_with_some_candidates_too_slow_untrained_reports_the_others(tmp_
     assert (recipe.out_path / "pareto.png").is_file()
 
 
+class _Neighbours:
+    """What compress.workers.LocalWorkers offers run_study: other workers still on their last trials."""
+
+    per_worker, cores = 1, 2
+
+    def running(self):
+        return True
+
+    def wait(self):
+        pass
+
+
+def _watch_builds(monkeypatch) -> tuple[list, list]:
+    """Which builds start in a process of their own while waiting ((names, (processes, threads)) per start),
+    and which the report asks ``build_all`` for (names per call)."""
+    import compress.baselines as bl
+
+    started, reported = [], []
+    real_build_all = bl.build_all
+
+    class Started(bl.SideBySide):
+        def __init__(self, builds, *args):
+            started.append(([b.name for b in builds], args[-2:]))
+            super().__init__(builds, *args)
+
+    def build_all(builds, *args, **kwargs):
+        reported.append([b.name for b in builds])
+        return real_build_all(builds, *args, **kwargs)
+
+    monkeypatch.setattr(bl, "SideBySide", Started)
+    monkeypatch.setattr(bl, "build_all", build_all)
+    return started, reported
+
+
 def test_the_student_without_kd_is_started_while_the_other_workers_finish(tmp_path, monkeypatch):
     """A worker whose neighbours (search.workers) are still on their last trials starts the no-KD student of
     the trial the search's numbers choose meanwhile, in a process of its own on its share of the cores; the
@@ -483,31 +517,8 @@ def test_the_student_without_kd_is_started_while_the_other_workers_finish(tmp_pa
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=1",
                                                        "capacity.enabled=false"])
     monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
-    started, reported = [], []
-    real_build_all = bl.build_all
-
-    class Started(bl.SideBySide):
-        def __init__(self, builds, *args):
-            started.append(([b.name for b in builds], args[-2:]))  # (processes, threads)
-            super().__init__(builds, *args)
-
-    def build_all(builds, *args, **kwargs):
-        reported.append([b.name for b in builds])
-        return real_build_all(builds, *args, **kwargs)
-
-    monkeypatch.setattr(bl, "SideBySide", Started)
-    monkeypatch.setattr(bl, "build_all", build_all)
-
-    class Neighbours:  # what compress.workers.LocalWorkers offers run_study
-        per_worker, cores = 1, 2
-
-        def running(self):
-            return True
-
-        def wait(self):
-            pass
-
-    summary = run_study(recipe, workers=Neighbours())
+    started, reported = _watch_builds(monkeypatch)
+    summary = run_study(recipe, workers=_Neighbours())
     assert started == [(["student_no_kd"], (1, 1))]
     assert reported == [["teacher_pruned50", "teacher_int8"]]  # the one started before is not made again
     assert set(summary["baselines"]) == {"teacher_int8", "teacher_pruned50", "student_no_kd"}
@@ -535,33 +546,10 @@ def test_a_student_without_kd_started_for_another_trial_than_the_chosen_one_is_r
             return guessed[0]
         return real_choose(records)
 
-    started, reported = [], []
-    real_build_all = bl.build_all
-
-    class Started(bl.SideBySide):
-        def __init__(self, builds, *args):
-            started.append([b.name for b in builds])
-            super().__init__(builds, *args)
-
-    def build_all(builds, *args, **kwargs):
-        reported.append([b.name for b in builds])
-        return real_build_all(builds, *args, **kwargs)
-
     monkeypatch.setattr(study_mod, "_choose", choose)
-    monkeypatch.setattr(bl, "SideBySide", Started)
-    monkeypatch.setattr(bl, "build_all", build_all)
-
-    class Neighbours:  # what compress.workers.LocalWorkers offers run_study
-        per_worker, cores = 1, 2
-
-        def running(self):
-            return True
-
-        def wait(self):
-            pass
-
-    summary = run_study(recipe, workers=Neighbours())
-    assert started == [["student_no_kd"]] and summary["chosen_trial"] != guessed[0]["trial"]
+    started, reported = _watch_builds(monkeypatch)
+    summary = run_study(recipe, workers=_Neighbours())
+    assert started == [(["student_no_kd"], (1, 1))] and summary["chosen_trial"] != guessed[0]["trial"]
     assert "student_no_kd" in reported[0]  # made again, for the chosen trial
     no_kd, artifact = summary["baselines"]["student_no_kd"], summary["artifact"]
     assert (no_kd["macs"], no_kd["params"]) == (artifact["macs"], artifact["params"])
