@@ -129,10 +129,11 @@ def evaluated(onnx: Path, data: Dataset, keep: bool = False) -> tuple[float, np.
     return val, correct
 
 
-def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats, keep: bool = False) -> dict:
+def model_metrics(stage: Stage, data: Dataset, lat: LatencyStats,
+                  evaluation: tuple[float, np.ndarray] | None = None) -> dict:
     """One model's record: accuracy of its ONNX file on the validation and test splits (test with its 95% CI;
-    ``keep``: see ``evaluated``), size, latency."""
-    val, correct = evaluated(stage.onnx, data, keep)
+    from ``evaluation``, its ``evaluated`` result, when the caller has it), size, latency."""
+    val, correct = evaluation if evaluation is not None else evaluated(stage.onnx, data)
     return {
         "val_accuracy": val,
         **test_accuracy_fields(correct),

@@ -29,7 +29,7 @@ from compress.io import sha256_file
 from compress.latency import measure
 from compress.models import takes_argument
 from compress.teacher import model_size
-from compress.pipeline import (RESTART_STATE, build_student, compress_student, from_teacher, model_metrics,
+from compress.pipeline import (RESTART_STATE, build_student, compress_student, evaluated, from_teacher, model_metrics,
                                probe_latency, removes_channels, trains)
 from compress.recipe import (BRANCH_SEP, Branches, HalvingConfig, Range, Recipe, as_before_bf16_auto,
                              fingerprint_of, range_is_int, space_leaf, space_spec, with_values)
@@ -454,7 +454,8 @@ class Objective:
         for s in stages[:-1]:
             s.onnx.unlink(missing_ok=True)
         lat = measure(model, r.latency, r.target.batch_size, r.target.threads, r.target.device)
-        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat, keep=True),
+        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat,
+                                   evaluated(model, self.full, keep=True)),
                    "stage": final.name,
                    "paused_for_neighbours_s": round(hostlock.paused_s - paused0, 2),
                    "model_sha256": sha256_file(model)}

@@ -185,8 +185,8 @@ def _full_result(recipe: Recipe, chosen: dict, plan: FullPlan, stage, data, teac
     meeting what that one met; summary.json's ``full_schedule`` says what happened."""
     alone = measure(stage.onnx, recipe.latency, *target)
     rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
-           **model_metrics(stage, data, alone, keep=True), "artifact_path": str(stage.onnx),
-           "latency_measured": "final"}
+           **model_metrics(stage, data, alone, evaluated(stage.onnx, data, keep=True)),
+           "artifact_path": str(stage.onnx), "latency_measured": "final"}
     _judge(rec, teacher_val, recipe)
     better = rec["val_accuracy"] >= chosen["val_accuracy"] and rec["feasible"] >= chosen["feasible"]
     result = {"trial": chosen["trial"], "trial_schedule": plan.trial_schedule,
@@ -331,11 +331,13 @@ def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -
     # level moves across it: its no-KD student starts now (stopped if another trial is chosen, ``_finish``), and
     # the others after the final measurement, beside it.
     guess = _choose(complete) if complete else None
+    no_kd = None
     if guess is not None and not _needs_full(recipe, guess):
-        builds.insert(0, bl.student_without_kd(recipe_of(recipe, guess), out / "baselines"))
+        no_kd = bl.student_without_kd(recipe_of(recipe, guess), out / "baselines")
+        builds.insert(0, no_kd)
     adopted = _adopted(builds, complete, recipe, frozen, artifact_store(recipe, study), data, tinfo)
     todo = [b for b in builds if b.name not in adopted and bl.kept(b, data, tinfo) is None]
-    if todo and todo[0].name == "student_no_kd":
+    if todo and todo[0] is no_kd:
         todo = todo[:1]
         tqdm.write(f"{todo[0].name}: of trial #{guess['trial']}, the one the numbers measured in the search choose "
                    "(the final measurement decides)")
@@ -483,8 +485,9 @@ def _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, cloc
         r.update(test_accuracy_fields(correct[r["trial"]]))
     refs = {}
     for k, s in refs_stages.items():
-        base_correct = evaluated(s.onnx, data, keep=True)[1]
-        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k], keep=True),
+        evaluation = evaluated(s.onnx, data, keep=True)
+        base_correct = evaluation[1]
+        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k], evaluation),
              "latency_interleaved": lat[k].to_dict()}
         r["versus_front"] = baseline_verdict(r, base_correct, front, correct)
         r["dominated_by_front"] = r["versus_front"]["verdict"] == "dominated"
