@@ -200,7 +200,11 @@ def test_search_workers_runs_the_study_in_several_processes_and_this_one_reports
     command's own process writes the one report after the other's last trial, and shows its lines prefixed."""
     storage = f"sqlite:///{tmp_path}/study.db"
     cmd = [c for c in _cmd(tmp_path, storage, 4) if c not in ("--train-threads", "1")]
-    proc = subprocess.run([*cmd, "--set", "search.workers=2"], capture_output=True, text=True, timeout=600)
+    # Trials of several seconds (4 epochs, as in the restart tests): with 1 epoch the 4 trials took ~2.6 s in all,
+    # and in a fresh-clone CI run (2026-11-27, 4778539) the first worker had run all four before the second one
+    # claimed any.
+    proc = subprocess.run([*cmd, "--set", "search.workers=2", "--set", "distill.train.epochs=4"], capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = _check_study(storage, 4)
     pids = {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
