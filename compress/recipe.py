@@ -259,6 +259,9 @@ class HalvingConfig(_Section):
 class SearchConfig(_Section):
     n_trials: int = Field(20, ge=1)  # completed + pruned trials the study aims for (resumes count)
     timeout_s: float | None = Field(None, gt=0)  # stop starting new trials after this long
+    # The whole run's budget, from `compress search` to its report: no trial starts (and no short schedule is
+    # promoted) that is predicted to end after the time the rest of the run needs (compress.deadline).
+    wall_time_s: float | None = Field(None, gt=0)
     sampler: Literal["tpe", "nsga2"] = "tpe"
     startup_trials: int = Field(6, ge=0)  # TPE: random trials before the model-based ones
     pruner: Literal["median", "hyperband", "none"] = "median"

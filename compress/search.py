@@ -58,6 +58,7 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
     data["output_dir"] = "."
     resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
     del resolved["search"]["finish_processes"]  # how the models after the search are trained, not which
+    del resolved["search"]["wall_time_s"]  # how long to run
     del resolved["search"]["workers"]  # how many processes run the trials, not which
     if not resolved["search"]["enqueue"]:
         del resolved["search"]["enqueue"]  # none, as before it existed: studies made then still resume
@@ -199,17 +200,26 @@ def rest_overruns(study: optuna.Study, recipe: Recipe, short: dict[str, int], sh
     """Why a candidate promoted after its short schedule (``short_s`` seconds of training) is finished as that
     schedule anyway, or None: the rest of its full schedule, at the short one's pace per epoch (an overestimate
     for a later, pruned schedule), would end after ``search.timeout_s`` of the study's busy time. Without
-    this, the last candidate of the default study ran 3.5 minutes past its 15 (AVX2 machine)."""
+    this, the last candidate of the default study ran 3.5 minutes past its 15 (AVX2 machine). Likewise when it
+    would end after the time the run's budget leaves the search (search.wall_time_s, compress.deadline)."""
+    from compress.deadline import search_left
     from compress.workers import busy_seconds
 
+    trials = study.get_trials(deepcopy=False)
     budget = recipe.search.timeout_s
-    if budget is None:
+    run = search_left(study, recipe, trials)  # search.wall_time_s: what the rest of the run leaves the search
+    if budget is None and run is None:
         return None
     first = f"{first_schedule(recipe)}.epochs"
     pace = short_s / short[first]
     # ``recipe`` is the trial's: its epochs are the full schedule's.
     rest = pace * sum(space_leaf(recipe, k) - epochs for k, epochs in short.items())
-    left = budget - busy_seconds(study.get_trials(deepcopy=False))
+    left = budget - busy_seconds(trials) if budget is not None else math.inf
+    if run is not None and run[0] < left:
+        if rest <= run[0]:
+            return None
+        return (f"the rest of its schedule (~{rest / 60:.1f} min at the short one's pace) would end after the time "
+                f"the run's budget leaves the search ({max(run[0], 0) / 60:.1f} min, search.wall_time_s)")
     if rest <= left:
         return None
     return (f"the rest of its schedule (~{rest / 60:.1f} min at the short one's pace) would end after the study's "

@@ -23,13 +23,14 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress import baselines as bl
+from compress import deadline
 from compress.capacity import capacity_markdown, plan_for
 from compress.errors import CompressError
 from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
-from compress.pipeline import (RESTART_STATE, Stage, evaluated, machine_info, model_metrics, prepare, removes_channels,
-                               summarize, trains)
+from compress.pipeline import (RESTART_STATE, Stage, build_student, evaluated, from_teacher, machine_info,
+                               model_metrics, prepare, removes_channels, summarize, trains)
 from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, space_leaf, with_values
 from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
@@ -209,9 +210,10 @@ def _baseline_rank(name: str) -> int:
     return {"teacher_int8": 0, "student_no_kd": 2}.get(name, 1)
 
 
-def finish_processes(recipe: Recipe) -> int:
+def finish_processes(recipe: Recipe, threads: int | None = None) -> int:
     """How many models train at once after the search (search.finish_processes); auto: 2 where training
-    runs on a CPU with at least 2 threads, else 1 (one GPU trains one model at a time well)."""
+    runs on a CPU with at least 2 threads (``threads``: this process's then, if not its own now), else 1 (one
+    GPU trains one model at a time well)."""
     n = recipe.search.finish_processes
     if n is not None:
         return n
@@ -220,7 +222,7 @@ def finish_processes(recipe: Recipe) -> int:
     from compress.train import resolve_device
 
     on_cpu = all(resolve_device(c.device).type == "cpu" for c in (recipe.distill.train, recipe.prune.finetune))
-    return 2 if on_cpu and torch.get_num_threads() >= 2 else 1
+    return 2 if on_cpu and (threads or torch.get_num_threads()) >= 2 else 1
 
 
 # How much faster at trial time another, as accurate trial must have been for a trial to be left out of the final
@@ -241,6 +243,8 @@ class Phases:
     def __init__(self):
         self.start = self._last = time.time()
         self.seconds: dict[str, float] = {}
+        self.searched: float | None = None  # when this process's search ended
+        self.predicted: dict | None = None  # then: the rest of the run's predicted seconds (compress.deadline)
 
     def lap(self, name: str) -> None:
         now = time.time()
@@ -258,6 +262,9 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     claims the report."""
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
+    runs = report and not report_only  # this run's search, then its report: its own time budget (compress.deadline)
+    if runs:  # first too: before any worker's first claim, so none reads a deadline a run before left
+        deadline.begin(study, recipe, clock.start)
     data, teacher, tinfo = prepare(recipe)
     out = recipe.out_path
     out.mkdir(parents=True, exist_ok=True)
@@ -265,11 +272,15 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     macs, params = model_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
+    if runs and recipe.search.wall_time_s is not None:
+        _plan_after_search(recipe, study, data, teacher, tinfo, workers.cores if workers is not None else None)
     clock.lap("setup")  # data, teacher, its ONNX and validation accuracy (the accuracy bound)
 
     if not report_only:
         optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
         clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
+        if runs:
+            clock.searched, clock.predicted = time.time(), deadline.predict_tail(study, recipe)
     early = None  # the baseline(s) started while the other workers finish
     if workers is not None:
         if report and recipe.search.baselines and workers.running():
@@ -283,7 +294,27 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
         return None
     with claim:
         clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
-        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
+        summary = _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
+    if runs:
+        deadline.end(study)  # a worker that joins the study later is not held to this run's budget
+    return summary
+
+
+def _plan_after_search(recipe: Recipe, study, data, teacher, tinfo, cores: int | None) -> None:
+    """What the run's budget (search.wall_time_s) needs to know that the trials do not tell: the baselines the
+    search does not decide that are not kept from before, with their epochs and MACs, how many models train at
+    once after the search, and how many baselines the final measurement measures."""
+    builds, unbuilt = _search_independent(recipe, recipe.out_path / "baselines") if recipe.search.baselines else ([], {})
+    todo = []
+    for b in builds:
+        if bl.kept(b, data, tinfo) is not None:
+            continue
+        epochs = 0
+        if trains(b.recipe):
+            epochs = b.recipe.prune.finetune.epochs if from_teacher(b.recipe) else b.recipe.distill.train.epochs
+        macs, _ = model_size(build_student(b.recipe, teacher, data.spec), data.spec)
+        todo.append({"name": b.name, "epochs": epochs, "macs": macs, "family": b.recipe.student.model})
+    deadline.plan(study, todo, finish_processes(recipe, cores), len(builds) + 1 if recipe.search.baselines else 0)
 
 
 def _search_independent(recipe: Recipe, root: Path) -> tuple[list[bl.Build], dict[str, CompressError]]:
@@ -620,6 +651,12 @@ def _summary(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock
         "machine": machine_info(recipe.target.device),
         "wall_time_s": round(time.time() - clock.start, 1),
         "phases_s": dict(clock.seconds),  # this process's wall time by phase: where a time budget went
+        # search.wall_time_s: the rest of the run as predicted when this process's search ended, and as it went
+        "wall_time_budget": {"wall_time_s": recipe.search.wall_time_s,
+                             "predicted_after_search_s": round(clock.predicted["seconds"], 1),
+                             "predicted_parts_s": {k: round(v, 1) for k, v in clock.predicted["parts"].items()},
+                             "after_search_s": round(time.time() - clock.searched, 1)}
+        if clock.predicted and clock.searched else None,
     }
     return summary
 
@@ -732,6 +769,10 @@ def print_study_summary(summary: dict) -> None:
     if summary.get("phases_s"):
         phases = (f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in summary["phases_s"].items() if v >= 3)
         print(f"wall time {summary['wall_time_s'] / 60:.1f} min: {', '.join(phases)} (minutes)")
+    budget = summary.get("wall_time_budget")
+    if budget:
+        print(f"run budget {budget['wall_time_s'] / 60:.1f} min (search.wall_time_s): after the search, "
+              f"{budget['predicted_after_search_s'] / 60:.1f} min predicted, {budget['after_search_s'] / 60:.1f} taken")
     if "hypervolume" in summary:
         print(f"front hypervolume: {summary['hypervolume']['value']:.4f} "
               f"({summary['hypervolume']['x']} x {summary['hypervolume']['y']})")

@@ -165,15 +165,36 @@ def budget_left(study: optuna.Study, recipe: Recipe) -> str | None:
                                                                     if running else ""))
     if recipe.search.timeout_s is not None and busy_seconds(trials) >= recipe.search.timeout_s:
         return f"the study's time budget ({recipe.search.timeout_s:.0f} s of trials) is spent"
-    return None
+    return deadline_near(study, recipe, trials)
+
+
+def deadline_near(study: optuna.Study, recipe: Recipe, trials) -> str | None:
+    """Why no trial starts now under the run's budget (search.wall_time_s), or None: the time left for the
+    search is less than a typical trial of this study takes (compress.deadline)."""
+    from compress.deadline import search_left, typical_trial_s
+
+    left = search_left(study, recipe, trials)
+    if left is None:
+        return None
+    seconds, tail = left
+    if tail is None:  # nothing to predict from before a trial has trained: the study gets its first one anyway
+        return None
+    typical = typical_trial_s(trials)
+    if seconds >= typical:
+        return None
+    rest = (f"the {tail['seconds'] / 60:.1f} min predicted for the rest of the run ("
+            + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in tail["parts"].items()) + ")")
+    w = study.user_attrs["deadline"]["wall_time_s"]
+    return (f"the run's time budget (search.wall_time_s {w:.0f} s): {max(seconds, 0) / 60:.1f} "
+            f"min left for trials after {rest}, less than this study's typical trial ({typical / 60:.1f} min)")
 
 
 class Progress:
     """One line per finished trial with the study-wide count (every worker's trials), its accuracy and p95,
     the best feasible trial so far, the workers running, and an ETA from the study's rate."""
 
-    def __init__(self, target: int, timeout_s: float | None = None):
-        self.target, self.timeout_s, self.start = target, timeout_s, time.time()
+    def __init__(self, target: int, timeout_s: float | None = None, recipe: Recipe | None = None):
+        self.target, self.timeout_s, self.recipe, self.start = target, timeout_s, recipe, time.time()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -184,6 +205,11 @@ class Progress:
         eta = per_trial * max(self.target - len(done), 0)
         if self.timeout_s is not None:  # no new trial after the time budget: the search ends by then
             eta = min(eta, max(self.timeout_s - busy, 0.0))
+        from compress.deadline import search_left
+
+        left = search_left(study, self.recipe, trials) if self.recipe is not None else None
+        if left is not None:  # nor after the run's (search.wall_time_s)
+            eta = min(eta, max(left[0], 0.0))
         if trial.state == TrialState.COMPLETE and "untrained" in trial.user_attrs:
             what = f"p95 {trial.values[1]:.3f} ms untrained: too slow for the service level, not trained"
         elif trial.state == TrialState.COMPLETE:
@@ -220,7 +246,7 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
     data = dataclasses.replace(full, train=full.train.head(n_train))
     objective = Objective(recipe, data, full, teacher, teacher_info, teacher_val_accuracy, study,
                           store=artifact_store(recipe, study), claimed=lock.release)
-    progress = Progress(recipe.search.n_trials, recipe.search.timeout_s)
+    progress = Progress(recipe.search.n_trials, recipe.search.timeout_s, recipe)
     attempts, first = 0, True
     while attempts < 2 * recipe.search.n_trials:  # trials that fail with an error do not count toward the budget
         with lock:

@@ -1,0 +1,161 @@
+"""The run's time budget (``search.wall_time_s``): the whole ``compress search``, report included, within it.
+
+``search.timeout_s`` bounds the search alone; what comes after it (the baselines and, where the search kept it
+short, the chosen candidate's full schedule, trained side by side; the final latency measurement; the capacity
+sweep) took 4.8-5.9 of the default study's 14.6-16.0 minutes as the machine's speed varied by a fifth (results
+README). With a budget for the whole run, no worker starts a trial (and no short schedule is promoted) that is
+predicted to end after the time the rest of the run needs: the search gets what is left, in a slow hour as in a
+fast one. The prediction comes from the study's own trials, timed where they ran:
+
+- the chosen candidate's student without KD trains its schedule: as long as that trial took (the trial the
+  search's numbers choose, as ``study._baselines_while_waiting`` guesses it);
+- a baseline the search does not decide (the pruned teacher) trains ``epochs`` at the per-epoch pace of the
+  study's trial of its family nearest in MACs, scaled by the MACs ratio to the power ``PACE_EXPONENT``;
+- the builds share ``search.finish_processes`` processes, longest first; the final measurement's first pass
+  runs beside them;
+- each latency measurement takes up to ``latency.max_seconds`` (fewer where ``max_runs`` runs end sooner) and
+  ``MEASURE_OVERHEAD_S``; the capacity sweep bounds each setting to ``capacity.max_seconds`` (warm-up and timed).
+
+The deadline is the study's (a user attribute), set by the process that writes the report when it starts, so
+the workers it starts and those on other machines stop with it; each run sets its own.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from compress.recipe import Recipe
+
+# Per-epoch training seconds ~ MACs ** 0.6 among pruned teachers: the teacher pruned by 0.5 (32.8 MMACs) took
+# 1.84x the per-epoch time of the one pruned by 0.65 (11.6 MMACs), side by side on 2 cores (the study of 1b17e17).
+PACE_EXPONENT = 0.6
+# An ONNX Runtime session, its warm-up windows and the teacher's test pass between measurements.
+MEASURE_OVERHEAD_S = 1.0
+# The int8 teacher baseline where no trial made it: calibration, parity check and accuracy, ~0.9 min on one
+# core for the default teacher.
+UNTRAINED_BUILD_S = 60.0
+# Writing the outputs, the paired tests on per-image results kept by the processes that made the models.
+REPORT_S = 10.0
+
+
+def begin(study: optuna.Study, recipe: Recipe, start: float) -> None:
+    """Set (or, without ``search.wall_time_s``, clear) the study's deadline: ``start`` + the budget. What comes
+    after the search is added by ``plan`` once the teacher is loaded."""
+    w = recipe.search.wall_time_s
+    study.set_user_attr("deadline", None if w is None else {
+        "at": start + w, "wall_time_s": w, "builds": [], "processes": 1, "n_baselines": 0})
+
+
+def plan(study: optuna.Study, builds: list[dict], processes: int, n_baselines: int) -> None:
+    """``builds``: the baselines the search does not decide that are not kept from before, each {name, epochs,
+    macs, family} (epochs 0: nothing trained); ``processes``: how many train at once after the search;
+    ``n_baselines``: how many the final measurement measures."""
+    d = study.user_attrs.get("deadline")
+    if d:
+        study.set_user_attr("deadline", {**d, "builds": builds, "processes": processes, "n_baselines": n_baselines})
+
+
+def end(study: optuna.Study) -> None:
+    study.set_user_attr("deadline", None)
+
+
+def duration(t: optuna.trial.FrozenTrial) -> float:
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def _epochs(r: Recipe) -> int:
+    from compress.pipeline import from_teacher
+
+    return r.prune.finetune.epochs if from_teacher(r) else r.distill.train.epochs + (
+        r.prune.finetune.epochs if r.prune.enabled else 0)
+
+
+def predict_tail(study: optuna.Study, recipe: Recipe, trials=None) -> dict | None:
+    """Seconds the run needs after its search, by part, or None while no trial has trained (or no deadline)."""
+    from compress import baselines as bl
+    from compress.study import NEAR_FRONT, _choose, _needs_full, _trained, _trial_record, recipe_of
+    from compress.report import pareto_indices
+    from compress.pipeline import trains
+
+    d = study.user_attrs.get("deadline")
+    if not d:
+        return None
+    frozen = {t.number: t for t in (trials or study.get_trials(deepcopy=False))}
+    complete = _trained([_trial_record(t, Path(".")) for t in frozen.values()])
+    if not complete:
+        return None
+    guess = _choose(complete)
+    seconds = {r["trial"]: duration(frozen[r["trial"]]) for r in complete}
+    # The student without KD: the guessed trial's schedule again; with its full schedule where halving kept it
+    # short, which the chosen one then also gets (the rest of it, from its restart state).
+    no_kd = seconds[guess["trial"]]
+    jobs = []
+    if _needs_full(recipe, guess):
+        short, full = _epochs(recipe_of(recipe, guess)), _epochs(recipe_of(recipe, {**guess, "overrides": {}}))
+        no_kd *= full / short
+        jobs.append(seconds[guess["trial"]] * (full - short) / short)
+    if recipe.search.baselines:
+        jobs.append(no_kd)
+    paced = [(r, seconds[r["trial"]] / _epochs(recipe_of(recipe, r))) for r in complete
+             if trains(recipe_of(recipe, r)) and r.get("macs")]
+    for b in d["builds"]:
+        if not b["epochs"]:  # the int8 teacher: copied from the search's trial of the teacher as it is, if any
+            made = bl.teacher_int8(recipe, Path(".")).recipe
+            if not any(bl.same_untrained(made, recipe_of(recipe, r)) for r in complete):
+                jobs.append(UNTRAINED_BUILD_S)
+            continue
+        same = [p for p in paced if p[0]["params_"].get("student.model") == b["family"]] or paced
+        if not same:
+            continue
+        ref, pace = min(same, key=lambda p: (abs(math.log(p[0]["macs"] / b["macs"])), -_epochs(recipe_of(recipe, p[0]))))
+        jobs.append(b["epochs"] * pace * (b["macs"] / ref["macs"]) ** PACE_EXPONENT)
+    # The final measurement: the teacher and the trials near the front, each alone, beside the trainings; then,
+    # once they are made, the teacher, the front and the baselines interleaved, and each baseline alone.
+    lat = recipe.latency
+    points = [(r["val_accuracy"], r["latency_p95_ms"]) for r in complete]
+    near = [complete[i] for i in pareto_indices(points, margin=NEAR_FRONT)]
+    front = [complete[i] for i in pareto_indices(points)]
+
+    def measured(p50_ms: float) -> float:
+        return min(lat.max_seconds, lat.max_runs * p50_ms / 1e3) + MEASURE_OVERHEAD_S
+
+    teacher = measured(max(r["latency_p50_ms"] for r in complete))  # slower than every trial, or about as slow
+    n_baselines = d["n_baselines"]
+    slots = [teacher + sum(measured(r["latency_p50_ms"]) for r in near)] + [0.0] * (max(d["processes"], 1) - 1)
+    for j in sorted(jobs, reverse=True):  # longest first, each on the slot that frees first
+        slots[slots.index(min(slots))] += j
+    second = teacher + sum(measured(r["latency_p50_ms"]) for r in front) + 2 * n_baselines * measured(math.inf)
+    cap = recipe.capacity
+    capacity = 0.0
+    if cap.enabled:
+        import os
+
+        from compress.capacity import default_threads
+
+        threads = cap.threads or default_threads(os.cpu_count() or 1)
+        capacity = (len(front) + 1) * len(cap.batch_sizes) * len(threads) * 2 * cap.max_seconds
+    parts = {"training": max(slots), "final_measurement": second, "capacity": capacity, "report": REPORT_S}
+    return {"seconds": sum(parts.values()), "parts": parts, "guess": guess["trial"]}
+
+
+def search_left(study: optuna.Study, recipe: Recipe, trials=None) -> tuple[float, dict | None] | None:
+    """Seconds left for the search before the run's deadline, after what the rest of the run is predicted to
+    need (``predict_tail``), and that prediction; None without a deadline."""
+    d = study.user_attrs.get("deadline")
+    if not d:
+        return None
+    tail = predict_tail(study, recipe, trials)
+    return d["at"] - time.time() - (tail["seconds"] if tail else 0.0), tail
+
+
+def typical_trial_s(trials) -> float:
+    """The median duration of the study's complete trials that trained: what a trial started now is expected
+    to take (a promotion is checked again at its short schedule's end)."""
+    spans = [duration(t) for t in trials if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs]
+    return statistics.median(spans) if spans else 0.0

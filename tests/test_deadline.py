@@ -1,0 +1,127 @@
+"""search.wall_time_s: the whole run within a budget, the search getting what the rest of the run leaves it."""
+
+import datetime
+import time
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from compress import deadline
+from compress.recipe import load_recipe, with_values
+from compress.search import rest_overruns, search_fingerprint, short_schedule
+from compress.study import print_study_summary, run_study
+from compress.workers import budget_left
+
+
+def _recipe(*overrides):
+    return load_recipe("recipes/tiny_search.yaml", list(overrides))
+
+
+def _trial(number: int, seconds: float, width: int, val: float, p50: float, macs: int) -> FrozenTrial:
+    """A complete, feasible trial of the tiny recipe's CNN (2 epochs of distillation, not pruned) that took
+    ``seconds``."""
+    start = datetime.datetime(2026, 11, 27, 12, 0, 0)
+    params = {"student.width": width, "prune.enabled": False, "quantize.enabled": False}
+    return FrozenTrial(
+        number=number, state=TrialState.COMPLETE, value=None, values=[val, 1.25 * p50],
+        datetime_start=start, datetime_complete=start + datetime.timedelta(seconds=seconds), params=params,
+        distributions={"student.width": CategoricalDistribution([4, 8, 12]),
+                       "prune.enabled": CategoricalDistribution([True, False]),
+                       "quantize.enabled": CategoricalDistribution([True, False])},
+        user_attrs={"metrics": {"val_accuracy": val, "test_accuracy": val, "latency_p50_ms": p50,
+                                "latency_p95_ms": 1.25 * p50, "throughput_sps": 1e3 / p50, "macs": macs,
+                                "params": 1000 * width, "size_bytes": 4000 * width, "int8": False}},
+        system_attrs={"constraints": [-0.1, -1.0, -1.0]}, intermediate_values={}, trial_id=number)
+
+
+def _study(*trials: FrozenTrial) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for t in trials:
+        study.add_trial(t)
+    return study
+
+
+def test_the_budget_is_not_part_of_the_study():
+    """A run with another budget resumes the same study, as with search.timeout_s."""
+    assert _recipe().search.wall_time_s is None
+    assert search_fingerprint(_recipe()) == search_fingerprint(_recipe("search.wall_time_s=900"))
+
+
+def test_the_rest_of_the_run_is_predicted_from_the_studys_own_trials():
+    r = _recipe("search.wall_time_s=600")
+    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 40.0, 4, 0.85, 0.05, 500_000))
+    assert deadline.predict_tail(study, r) is None  # no deadline set
+    deadline.begin(study, r, time.time())
+    # A baseline the search does not decide: 1 epoch of a model 4x the MACs of the nearest trial.
+    deadline.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
+                  processes=2, n_baselines=3)
+    tail = deadline.predict_tail(study, r)
+    assert tail["guess"] == 0  # the most accurate feasible trial: its student without KD takes what it took
+    pruned = 1 * (100.0 / 2) * 4 ** deadline.PACE_EXPONENT  # its pace per epoch, scaled by the MACs ratio
+    # Side by side on 2 processes, longest first: the pruned teacher on one, the no-KD student on the other
+    # after the first pass of the final measurement (teacher and both trials alone, ~1 s each).
+    assert tail["parts"]["training"] == pytest.approx(max(pruned, 100.0 + 3 * 1.0), abs=0.2)
+    cap = r.capacity
+    assert tail["parts"]["capacity"] == pytest.approx(3 * len(cap.batch_sizes) * len(cap.threads) * 2 * cap.max_seconds)
+    assert tail["seconds"] == pytest.approx(sum(tail["parts"].values()))
+    # One process after the search: one after another.
+    deadline.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
+                  processes=1, n_baselines=3)
+    assert deadline.predict_tail(study, r)["parts"]["training"] == pytest.approx(pruned + 100.0 + 3.0, abs=0.2)
+
+
+def test_no_trial_starts_that_would_end_after_the_time_the_rest_of_the_run_needs():
+    r = _recipe("search.wall_time_s=600", "search.n_trials=30")
+    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 40.0, 4, 0.85, 0.05, 500_000))
+    assert budget_left(study, r) is None  # no deadline: the trial budget only
+    deadline.begin(study, r, time.time())
+    deadline.plan(study, [], processes=1, n_baselines=3)
+    assert budget_left(study, r) is None  # 10 minutes, of which ~2 for the rest of the run
+    tail = deadline.predict_tail(study, r)["seconds"]
+    # 60 s left for trials after the rest of the run, less than the median trial (70 s): no new trial.
+    deadline.begin(study, r, time.time() + tail + 60.0 - 600)
+    why = budget_left(study, r)
+    assert "search.wall_time_s 600 s" in why and "typical trial (1.2 min)" in why
+    deadline.end(study)
+    assert budget_left(study, r) is None
+    # Before any trial has trained there is nothing to predict from: the first trial starts whatever the budget.
+    empty = _study()
+    deadline.begin(empty, r, time.time() - 600)
+    assert budget_left(empty, r) is None
+
+
+def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
+    from compress import workers
+
+    r = _recipe("search.halving.enabled=true", "distill.train.epochs=8", "search.wall_time_s=600")
+    cnn = with_values(r, {"prune.enabled": False})
+    short = short_schedule(cnn)  # 2 of 8 epochs
+    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000))
+    monkeypatch.setattr(workers, "busy_seconds", lambda trials: 0.0)
+    deadline.begin(study, r, time.time())
+    tail = deadline.predict_tail(study, r)["seconds"]
+    deadline.begin(study, r, time.time() + tail + 100.0 - 600)  # 100 s left for the search
+    # 60 s for 2 epochs: the 6 left take ~180 s, past what the run leaves the search.
+    why = rest_overruns(study, cnn, short, 60.0)
+    assert "~3.0 min" in why and "search.wall_time_s" in why
+    assert rest_overruns(study, cnn, short, 20.0) is None  # 6 x 10 s: fits
+
+
+@pytest.mark.timeout(600)
+def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_predicted(tmp_path, capsys):
+    r = _recipe(f"output_dir={tmp_path}", "search.baselines=false", "capacity.enabled=false", "search.n_trials=3",
+                "search.wall_time_s=1", "search.space={student.width: 8, prune.enabled: [false], "
+                "quantize.enabled: [false]}")
+    summary = run_study(r)
+    study = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db")
+    assert len(study.trials) == 1
+    assert "deadline" in study.user_attrs and study.user_attrs["deadline"] is None  # cleared for later workers
+    b = summary["wall_time_budget"]
+    assert b["wall_time_s"] == 1 and b["predicted_after_search_s"] > 0 and b["after_search_s"] > 0
+    assert set(b["predicted_parts_s"]) == {"training", "final_measurement", "capacity", "report"}
+    print_study_summary(summary)
+    out = capsys.readouterr().out
+    assert "no new trial from this worker: the run's time budget (search.wall_time_s 1 s)" in out
+    assert "run budget 0.0 min (search.wall_time_s)" in out
