@@ -196,18 +196,20 @@ def cannot_reach_front(study: optuna.Study, family: str, short_val: float, p95_m
             f"largest gain a {family} candidate made from its full schedule ({100 * max(gains):+.2f} pp)")
 
 
-def rest_overruns(study: optuna.Study, recipe: Recipe, short: dict[str, int], short_s: float) -> str | None:
+def rest_overruns(study: optuna.Study, recipe: Recipe, short: dict[str, int], short_s: float,
+                  study_recipe: Recipe | None = None) -> str | None:
     """Why a candidate promoted after its short schedule (``short_s`` seconds of training) is finished as that
     schedule anyway, or None: the rest of its full schedule, at the short one's pace per epoch (an overestimate
     for a later, pruned schedule), would end after ``search.timeout_s`` of the study's busy time. Without
     this, the last candidate of the default study ran 3.5 minutes past its 15 (AVX2 machine). Likewise when it
-    would end after the time the run's budget leaves the search (search.wall_time_s, compress.deadline)."""
+    would end after the time the run's budget leaves the search (search.wall_time_s, compress.deadline), which
+    is predicted from the other trials with the study's recipe, ``study_recipe`` (``recipe`` is this trial's)."""
     from compress.deadline import search_left
     from compress.workers import busy_seconds
 
     trials = study.get_trials(deepcopy=False)
     budget = recipe.search.timeout_s
-    run = search_left(study, recipe, trials)  # search.wall_time_s: what the rest of the run leaves the search
+    run = search_left(study, study_recipe or recipe, trials)  # search.wall_time_s: what the rest leaves the search
     if budget is None and run is None:
         return None
     first = f"{first_schedule(recipe)}.epochs"
@@ -385,7 +387,7 @@ class Objective:
                 trial.set_user_attr("rung", rung)
                 behind = promoted and r.search.halving.front and cannot_reach_front(
                     self.study, r.student.model, acc, probe.p95_ms if probe else None)
-                late = promoted and not behind and rest_overruns(self.study, r, short, seconds)
+                late = promoted and not behind and rest_overruns(self.study, r, short, seconds, self.recipe)
                 goes_on = promoted and not behind and not late
                 halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on,
                            "family": r.student.model}

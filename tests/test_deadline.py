@@ -19,9 +19,10 @@ def _recipe(*overrides):
     return load_recipe("recipes/tiny_search.yaml", list(overrides))
 
 
-def _trial(number: int, seconds: float, width: int, val: float, p50: float, macs: int) -> FrozenTrial:
-    """A complete, feasible trial of the tiny recipe's CNN (2 epochs of distillation, not pruned) that took
-    ``seconds``."""
+def _trial(number: int, seconds: float, width: int, val: float, p50: float, macs: int,
+           overrides: dict | None = None) -> FrozenTrial:
+    """A complete, feasible trial of the tiny recipe's CNN (2 epochs of distillation, not pruned, unless
+    ``overrides`` say otherwise) that took ``seconds``."""
     start = datetime.datetime(2026, 11, 27, 12, 0, 0)
     params = {"student.width": width, "prune.enabled": False, "quantize.enabled": False}
     return FrozenTrial(
@@ -32,7 +33,8 @@ def _trial(number: int, seconds: float, width: int, val: float, p50: float, macs
                        "quantize.enabled": CategoricalDistribution([True, False])},
         user_attrs={"metrics": {"val_accuracy": val, "test_accuracy": val, "latency_p50_ms": p50,
                                 "latency_p95_ms": 1.25 * p50, "throughput_sps": 1e3 / p50, "macs": macs,
-                                "params": 1000 * width, "size_bytes": 4000 * width, "int8": False}},
+                                "params": 1000 * width, "size_bytes": 4000 * width, "int8": False},
+                    **({"overrides": overrides, "halving": {"promoted": False}} if overrides else {})},
         system_attrs={"constraints": [-0.1, -1.0, -1.0]}, intermediate_values={}, trial_id=number)
 
 
@@ -98,25 +100,33 @@ def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
     r = _recipe("search.halving.enabled=true", "distill.train.epochs=8", "search.wall_time_s=600")
     cnn = with_values(r, {"prune.enabled": False})
     short = short_schedule(cnn)  # 2 of 8 epochs
-    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000))
+    # The other trial kept its 1-epoch short schedule: its recipe cannot be made from this trial's, whose restart
+    # is at epoch 2.
+    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 30.0, 4, 0.80, 0.05, 500_000,
+                                                                        {"distill.train.epochs": 1}))
     monkeypatch.setattr(workers, "busy_seconds", lambda trials: 0.0)
     deadline.begin(study, r, time.time())
     tail = deadline.predict_tail(study, r)["seconds"]
     deadline.begin(study, r, time.time() + tail + 100.0 - 600)  # 100 s left for the search
-    # 60 s for 2 epochs: the 6 left take ~180 s, past what the run leaves the search.
-    why = rest_overruns(study, cnn, short, 60.0)
+    # 60 s for 2 epochs: the 6 left take ~180 s, past what the run leaves the search. The trial's own recipe
+    # (its restart) is not the study's, which the other trials' recipes are made from.
+    trial = with_values(cnn, {"distill.train.restart_epochs": 2})
+    why = rest_overruns(study, trial, short, 60.0, r)
     assert "~3.0 min" in why and "search.wall_time_s" in why
-    assert rest_overruns(study, cnn, short, 20.0) is None  # 6 x 10 s: fits
+    assert rest_overruns(study, trial, short, 20.0, r) is None  # 6 x 10 s: fits
 
 
 @pytest.mark.timeout(600)
 def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_predicted(tmp_path, capsys):
     r = _recipe(f"output_dir={tmp_path}", "search.baselines=false", "capacity.enabled=false", "search.n_trials=3",
-                "search.wall_time_s=1", "search.space={student.width: 8, prune.enabled: [false], "
-                "quantize.enabled: [false]}")
+                "search.wall_time_s=1", "search.halving.enabled=true", "distill.train.epochs=4",
+                "search.space={student.width: 8, prune.enabled: [false], quantize.enabled: [false]}")
     summary = run_study(r)
     study = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db")
     assert len(study.trials) == 1
+    # The first trial starts whatever the budget, wins its rung as the first of its tier, and stops at its short
+    # schedule: the budget is gone.
+    assert "search.wall_time_s" in study.trials[0].user_attrs["halving"]["late"]
     assert "deadline" in study.user_attrs and study.user_attrs["deadline"] is None  # cleared for later workers
     b = summary["wall_time_budget"]
     assert b["wall_time_s"] == 1 and b["predicted_after_search_s"] > 0 and b["after_search_s"] > 0
