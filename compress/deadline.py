@@ -155,7 +155,10 @@ def search_left(study: optuna.Study, recipe: Recipe, trials=None) -> tuple[float
 
 
 def typical_trial_s(trials) -> float:
-    """The median duration of the study's complete trials that trained: what a trial started now is expected
-    to take (a promotion is checked again at its short schedule's end)."""
-    spans = [duration(t) for t in trials if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs]
+    """What a trial started now is expected to take: the median duration of the study's complete trials that
+    were not promoted (kept their short schedule, or had one schedule only), as its promotion is checked against
+    the same deadline when its short schedule ends; of all complete ones before any such trial."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs]
+    spans = [duration(t) for t in done if t.user_attrs.get("halving", {}).get("promoted") is not True] or [
+        duration(t) for t in done]
     return statistics.median(spans) if spans else 0.0

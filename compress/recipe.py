@@ -248,12 +248,17 @@ class HalvingConfig(_Section):
     at least as fast (its trial-time p95 against this candidate's, timed before training by
     ``search.skip_slow``) is already at least as accurate as this short schedule's accuracy plus the most any
     candidate of its family has gained from the rest of its full schedule. Until one of the family has
-    finished a full schedule there is no gain to go by, and ranks alone decide."""
+    finished a full schedule there is no gain to go by, and ranks alone decide.
+
+    ``bootstrap``: the first ``bootstrap`` short schedules of a tier are not promoted (Optuna's bootstrap_count):
+    a candidate then goes on for beating comparable ones, not for being the first of its kind. The candidates of
+    ``search.enqueue`` go on whatever their rank: whoever named them wants their full schedule."""
 
     enabled: bool = False
     short_fraction: float = Field(0.25, gt=0, lt=1)
     reduction_factor: int = Field(3, ge=2)
     front: bool = True
+    bootstrap: int = Field(0, ge=0)
 
 
 class SearchConfig(_Section):

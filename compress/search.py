@@ -64,7 +64,9 @@ def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
         del resolved["search"]["enqueue"]  # none, as before it existed: studies made then still resume
     if resolved["search"]["halving"]["front"]:
         del resolved["search"]["halving"]["front"]  # on, its default: studies made before it existed still resume
-    if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json", exclude={"front"}):
+    if not resolved["search"]["halving"]["bootstrap"]:
+        del resolved["search"]["halving"]["bootstrap"]  # 0, its default: studies made before it existed still resume
+    if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json", exclude={"front", "bootstrap"}):
         del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
     return fingerprint_of(as_before_bf16_auto(resolved) if before_bf16_auto else resolved)
 
@@ -153,20 +155,23 @@ def tier_of(family: str, macs: int | None, p50_ms: float | None = None) -> str:
     return tier
 
 
-def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float) -> tuple[bool, str]:
+def promote(study: optuna.Study, recipe: Recipe, tier: str, short_val: float, named: bool = False) -> tuple[bool, str]:
     """Whether a short schedule's validation accuracy earns the full schedule: Optuna's SuccessiveHalvingPruner
     over the tier's short-schedule accuracies, kept in the companion study ``<name>:halving:<tier>`` (same
-    storage, so every worker sees them). Returns the decision and the companion trial's reference."""
+    storage, so every worker sees them). Returns the decision and the companion trial's reference. ``named``:
+    a candidate of search.enqueue, which goes on whatever its rank (its accuracy is recorded for the others)."""
+    h = recipe.search.halving
     rungs = optuna.create_study(
         storage=study._storage, study_name=f"{recipe.name}:halving:{tier}", direction="maximize",
         pruner=optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=recipe.search.halving.reduction_factor, min_early_stopping_rate=0),
+            min_resource=1, reduction_factor=h.reduction_factor, min_early_stopping_rate=0,
+            bootstrap_count=h.bootstrap),
         load_if_exists=True)
     with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
         warnings.simplefilter("ignore", UserWarning)
         rung = rungs.ask()
     rung.report(short_val, 1)
-    promoted = not rung.should_prune()
+    promoted = not rung.should_prune() or named
     rungs.tell(rung, short_val)
     return promoted, f"{rungs.study_name}#{rung.number}"
 
@@ -382,8 +387,11 @@ class Objective:
             restart = {f"{first}.restart_epochs": short[f"{first}.epochs"]}
             r = with_values(r, restart)
 
+            named = trial.user_attrs.get("covering_index", len(self.recipe.search.enqueue)) < len(
+                self.recipe.search.enqueue)  # one of search.enqueue (the covering grid's first points)
+
             def at_restart(acc: float, seconds: float) -> bool:
-                promoted, rung = promote(self.study, self.recipe, tier, acc)
+                promoted, rung = promote(self.study, self.recipe, tier, acc, named)
                 trial.set_user_attr("rung", rung)
                 behind = promoted and r.search.halving.front and cannot_reach_front(
                     self.study, r.student.model, acc, probe.p95_ms if probe else None)

@@ -91,6 +91,24 @@ def test_promotion_is_successive_halving_within_a_tier():
     assert promote(study, r, "teacher-23", 0.50)[0] is True
 
 
+def test_with_a_bootstrap_the_first_of_a_kind_waits_for_a_rival_but_a_named_candidate_goes_on():
+    from compress.search import search_fingerprint
+
+    r = _recipe("search.halving.enabled=true", "search.halving.bootstrap=1")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    decisions = [promote(study, r, "cnn-17", acc)[0] for acc in (0.80, 0.70, 0.85)]
+    # The first is not promoted for being first; the second only for beating it; the third is the new best.
+    assert decisions == [False, False, True]
+    # A candidate of search.enqueue goes on whatever its rank, and its accuracy counts for the next one.
+    assert promote(study, r, "teacher-23", 0.50, named=True)[0] is True
+    assert promote(study, r, "teacher-23", 0.45)[0] is False
+    # A bootstrap makes another study; none (the default) keeps the fingerprint of studies made before it.
+    on = _recipe("search.halving.enabled=true")
+    assert search_fingerprint(on) == search_fingerprint(_recipe("search.halving.enabled=true",
+                                                                "search.halving.bootstrap=0"))
+    assert search_fingerprint(on) != search_fingerprint(r)
+
+
 @pytest.mark.timeout(900)
 def test_a_search_with_halving_trains_short_first_and_records_what_each_model_had(tmp_path, capsys):
     import yaml
@@ -390,3 +408,19 @@ def test_tiers_part_candidates_of_equal_macs_but_different_latency():
     assert tier_of("cnn", 1_939_946, 0.083) != tier_of("cnn", 2_007_690, 0.054)
     assert tier_of("cnn", 1_939_946) == tier_of("cnn", 2_007_690) == "cnn-20"  # untimed: MACs alone, as before
     assert tier_of("cnn", 1_939_946, 0.060) != tier_of("teacher", 1_939_946, 0.060)
+
+
+@pytest.mark.timeout(600)
+def test_a_named_candidate_is_promoted_as_the_first_of_its_kind_and_the_next_one_must_beat_it(tmp_path):
+    r = _recipe(f"output_dir={tmp_path}", "search.halving.enabled=true", "search.halving.bootstrap=1",
+                "distill.train.epochs=4", "search.baselines=false", "capacity.enabled=false", "search.n_trials=2",
+                "search.startup_trials=0", "search.enqueue=[{student.width: 8, distill.temperature: 4.0}]",
+                "search.space={student.width: 8, distill.temperature: {low: 2.0, high: 6.0}, "
+                "prune.enabled: [false], quantize.enabled: [false]}")
+    run_study(r)
+    trials = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db").trials
+    first, second = (t.user_attrs["halving"] for t in trials)
+    assert trials[0].user_attrs["covering_index"] == 0 and trials[0].params["distill.temperature"] == 4.0
+    assert first["promoted"] is True  # named: not held back by the bootstrap
+    # The same tier: the second goes on only by beating the first's short schedule.
+    assert second["promoted"] is (second["short_val_accuracy"] >= first["short_val_accuracy"])
