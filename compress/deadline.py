@@ -113,7 +113,8 @@ def predict_tail(study: optuna.Study, recipe: Recipe, trials=None) -> dict | Non
         same = [p for p in paced if p[0]["params_"].get("student.model") == b["family"]] or paced
         if not same:
             continue
-        ref, pace = min(same, key=lambda p: (abs(math.log(p[0]["macs"] / b["macs"])), -_epochs(recipe_of(recipe, p[0]))))
+        ref, pace = min(same, key=lambda p: (abs(math.log(p[0]["macs"] / b["macs"])),
+                                             -_epochs(recipe_of(recipe, p[0]))))
         jobs.append(b["epochs"] * pace * (b["macs"] / ref["macs"]) ** PACE_EXPONENT)
     # The final measurement: the teacher and the trials near the front, each alone, beside the trainings; then,
     # once they are made, the teacher, the front and the baselines interleaved, and each baseline alone.

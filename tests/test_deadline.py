@@ -66,7 +66,9 @@ def test_the_rest_of_the_run_is_predicted_from_the_studys_own_trials():
     # after the first pass of the final measurement (teacher and both trials alone, ~1 s each).
     assert tail["parts"]["training"] == pytest.approx(max(pruned, 100.0 + 3 * 1.0), abs=0.2)
     cap = r.capacity
-    assert tail["parts"]["capacity"] == pytest.approx(3 * len(cap.batch_sizes) * len(cap.threads) * 2 * cap.max_seconds)
+    models = 3  # the teacher and both trials, each on the front
+    assert tail["parts"]["capacity"] == pytest.approx(models * len(cap.batch_sizes) * len(cap.threads) * 2
+                                                      * cap.max_seconds)
     assert tail["seconds"] == pytest.approx(sum(tail["parts"].values()))
     # One process after the search: one after another.
     deadline.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
