@@ -22,6 +22,7 @@ the workers it starts and those on other machines stop with it; each run sets it
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -63,6 +64,18 @@ def plan(study: optuna.Study, builds: list[dict], processes: int, n_baselines: i
 
 def end(study: optuna.Study) -> None:
     study.set_user_attr("deadline", None)
+
+
+@contextlib.contextmanager
+def cleared_on_error(study: optuna.Study):
+    """The deadline cleared when the block fails (an error, Ctrl-C), so that no later worker reads it; the
+    block's own error is the one raised, even where the storage is what failed."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            end(study)
+        raise
 
 
 def duration(t: optuna.trial.FrozenTrial) -> float:

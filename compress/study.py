@@ -262,9 +262,22 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     claims the report."""
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
-    runs = report and not report_only  # this run's search, then its report: its own time budget (compress.deadline)
-    if runs:  # first too: before any worker's first claim, so none reads a deadline a run before left
-        deadline.begin(study, recipe, clock.start)
+    if report_only or not report:
+        return _run_study(recipe, study, clock, report_only, report, workers, runs=False)
+    # This run's search, then its report: its own time budget (compress.deadline), set first too, before any
+    # worker's first claim, so that none reads one a run before left; cleared when the report is written (a
+    # worker that joins the study later is not held to it) or the run fails, not when another process
+    # writes the report (workers elsewhere still run under it).
+    deadline.begin(study, recipe, clock.start)
+    with deadline.cleared_on_error(study):
+        summary = _run_study(recipe, study, clock, report_only, report, workers, runs=True)
+    if summary is not None:
+        deadline.end(study)
+    return summary
+
+
+def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: bool, workers, runs: bool
+               ) -> dict | None:
     data, teacher, tinfo = prepare(recipe)
     out = recipe.out_path
     out.mkdir(parents=True, exist_ok=True)
@@ -294,17 +307,14 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
         return None
     with claim:
         clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
-        summary = _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
-    if runs:
-        deadline.end(study)  # a worker that joins the study later is not held to this run's budget
-    return summary
+        return _finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
 
 
 def _plan_after_search(recipe: Recipe, study, data, teacher, tinfo, cores: int | None) -> None:
     """What the run's budget (search.wall_time_s) needs to know that the trials do not tell: the baselines the
     search does not decide that are not kept from before, with their epochs and MACs, how many models train at
     once after the search, and how many baselines the final measurement measures."""
-    builds, unbuilt = _search_independent(recipe, recipe.out_path / "baselines") if recipe.search.baselines else ([], {})
+    builds, _ = _search_independent(recipe, recipe.out_path / "baselines") if recipe.search.baselines else ([], {})
     todo = []
     for b in builds:
         if bl.kept(b, data, tinfo) is not None:

@@ -119,7 +119,12 @@ def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
 
 
 @pytest.mark.timeout(600)
-def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_predicted(tmp_path, capsys):
+def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_predicted(tmp_path, capsys, monkeypatch):
+    import compress.baselines as bl
+
+    # The chosen trial's full schedule is kept in the shared cache: its own here, so that the test of the same
+    # trial under search.timeout_s (test_halving) still trains it.
+    monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
     r = _recipe(f"output_dir={tmp_path}", "search.baselines=false", "capacity.enabled=false", "search.n_trials=3",
                 "search.wall_time_s=1", "search.halving.enabled=true", "distill.train.epochs=4",
                 "search.space={student.width: 8, prune.enabled: [false], quantize.enabled: [false]}")
@@ -137,3 +142,18 @@ def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_pred
     out = capsys.readouterr().out
     assert "no new trial from this worker: the run's time budget (search.wall_time_s 1 s)" in out
     assert "run budget 0.0 min (search.wall_time_s)" in out
+
+
+def test_a_failed_run_leaves_no_deadline_behind(tmp_path, monkeypatch):
+    """A worker that joins the study after a run failed is not stopped by that run's budget."""
+    import compress.study as study_mod
+
+    def broken(recipe):
+        raise RuntimeError("the data went away")
+
+    monkeypatch.setattr(study_mod, "prepare", broken)
+    r = _recipe(f"output_dir={tmp_path}", "search.wall_time_s=600")
+    with pytest.raises(RuntimeError, match="the data went away"):
+        run_study(r)
+    study = optuna.load_study(study_name=r.name, storage=f"sqlite:///{tmp_path}/{r.name}/study.db")
+    assert "deadline" in study.user_attrs and study.user_attrs["deadline"] is None
