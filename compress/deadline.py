@@ -82,7 +82,9 @@ def duration(t: optuna.trial.FrozenTrial) -> float:
     return (t.datetime_complete - t.datetime_start).total_seconds()
 
 
-def _epochs(r: Recipe) -> int:
+def epochs_of(r: Recipe) -> int:
+    """The epochs the recipe's model trains: a pruned teacher's fine-tuning, a student's distillation and, when
+    it is pruned, its fine-tuning."""
     from compress.pipeline import from_teacher
 
     return r.prune.finetune.epochs if from_teacher(r) else r.distill.train.epochs + (
@@ -105,29 +107,30 @@ def predict_tail(study: optuna.Study, recipe: Recipe, trials=None) -> dict | Non
         return None
     guess = _choose(complete)
     seconds = {r["trial"]: duration(frozen[r["trial"]]) for r in complete}
+    made_by = {r["trial"]: recipe_of(recipe, r) for r in complete}
     # The student without KD: the guessed trial's schedule again; with its full schedule where halving kept it
     # short, which the chosen one then also gets (the rest of it, from its restart state).
     no_kd = seconds[guess["trial"]]
     jobs = []
     if _needs_full(recipe, guess):
-        short, full = _epochs(recipe_of(recipe, guess)), _epochs(recipe_of(recipe, {**guess, "overrides": {}}))
+        short, full = epochs_of(made_by[guess["trial"]]), epochs_of(recipe_of(recipe, {**guess, "overrides": {}}))
         no_kd *= full / short
         jobs.append(seconds[guess["trial"]] * (full - short) / short)
     if recipe.search.baselines:
         jobs.append(no_kd)
-    paced = [(r, seconds[r["trial"]] / _epochs(recipe_of(recipe, r))) for r in complete
-             if trains(recipe_of(recipe, r)) and r.get("macs")]
+    paced = [(r, seconds[r["trial"]] / epochs_of(made_by[r["trial"]])) for r in complete
+             if trains(made_by[r["trial"]]) and r.get("macs")]
     for b in d["builds"]:
         if not b["epochs"]:  # the int8 teacher: copied from the search's trial of the teacher as it is, if any
             made = bl.teacher_int8(recipe, Path(".")).recipe
-            if not any(bl.same_untrained(made, recipe_of(recipe, r)) for r in complete):
+            if not any(bl.same_untrained(made, made_by[r["trial"]]) for r in complete):
                 jobs.append(UNTRAINED_BUILD_S)
             continue
         same = [p for p in paced if p[0]["params_"].get("student.model") == b["family"]] or paced
         if not same:
             continue
         ref, pace = min(same, key=lambda p: (abs(math.log(p[0]["macs"] / b["macs"])),
-                                             -_epochs(recipe_of(recipe, p[0]))))
+                                             -epochs_of(made_by[p[0]["trial"]])))
         jobs.append(b["epochs"] * pace * (b["macs"] / ref["macs"]) ** PACE_EXPONENT)
     # The final measurement: the teacher and the trials near the front, each alone, beside the trainings; then,
     # once they are made, the teacher, the front and the baselines interleaved, and each baseline alone.

@@ -29,8 +29,8 @@ from compress.errors import CompressError
 from compress.export import export_onnx, onnx_accuracy, onnx_correct
 from compress.io import sha256_file, write_json_atomic, write_text_atomic
 from compress.latency import compare, measure
-from compress.pipeline import (RESTART_STATE, Stage, build_student, evaluated, from_teacher, machine_info,
-                               model_metrics, prepare, removes_channels, summarize, trains)
+from compress.pipeline import (RESTART_STATE, Stage, build_student, evaluated, machine_info, model_metrics, prepare,
+                               removes_channels, summarize, trains)
 from compress.recipe import Recipe, RecipeError, public_dict, public_yaml, space_leaf, with_values
 from compress.report import (pareto_indices, plot_pareto_html, plot_pareto_png, summary_table,
                              write_csv, write_csv_rows)
@@ -263,21 +263,21 @@ def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, wo
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     if report_only or not report:
-        return _run_study(recipe, study, clock, report_only, report, workers, runs=False)
+        return _run_study(recipe, study, clock, report_only, report, workers)
     # This run's search, then its report: its own time budget (compress.deadline), set first too, before any
     # worker's first claim, so that none reads one a run before left; cleared when the report is written (a
     # worker that joins the study later is not held to it) or the run fails, not when another process
     # writes the report (workers elsewhere still run under it).
     deadline.begin(study, recipe, clock.start)
     with deadline.cleared_on_error(study):
-        summary = _run_study(recipe, study, clock, report_only, report, workers, runs=True)
+        summary = _run_study(recipe, study, clock, report_only, report, workers)
     if summary is not None:
         deadline.end(study)
     return summary
 
 
-def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: bool, workers, runs: bool
-               ) -> dict | None:
+def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: bool, workers) -> dict | None:
+    runs = report and not report_only  # this run's search, then its report: held to search.wall_time_s
     data, teacher, tinfo = prepare(recipe)
     out = recipe.out_path
     out.mkdir(parents=True, exist_ok=True)
@@ -319,11 +319,9 @@ def _plan_after_search(recipe: Recipe, study, data, teacher, tinfo, cores: int |
     for b in builds:
         if bl.kept(b, data, tinfo) is not None:
             continue
-        epochs = 0
-        if trains(b.recipe):
-            epochs = b.recipe.prune.finetune.epochs if from_teacher(b.recipe) else b.recipe.distill.train.epochs
         macs, _ = model_size(build_student(b.recipe, teacher, data.spec), data.spec)
-        todo.append({"name": b.name, "epochs": epochs, "macs": macs, "family": b.recipe.student.model})
+        todo.append({"name": b.name, "epochs": deadline.epochs_of(b.recipe) if trains(b.recipe) else 0, "macs": macs,
+                     "family": b.recipe.student.model})
     deadline.plan(study, todo, finish_processes(recipe, cores), len(builds) + 1 if recipe.search.baselines else 0)
 
 
