@@ -1,11 +1,11 @@
 """A latency measurement beside a neighbour that quantizes: why int8 calibration runs inside
-``compress.hostlock.batch``.
+``compress.measure.hostlock.batch``.
 
 Two workers of a study share a machine; one times its candidate while the other quantizes the default
 teacher (static int8, percentile calibration on 512 training images, in a loop). ONNX Runtime runs each
 calibration batch on every core. The measured model has the channels of the default teacher pruned by 0.5
 (a ResNet of its shape with 32-48-96-128 channels, randomly initialised: latency does not depend on the
-weights), int8 QDQ, batch 1, one thread, measured with ``compress.latency.measure`` (the search's protocol,
+weights), int8 QDQ, batch 1, one thread, measured with ``compress.measure.latency.measure`` (the search's protocol,
 which holds the host lock) ``--repeats`` times, half a second apart, in each condition: alone; beside the
 neighbour with its calibration outside the lock (``COMPRESS_HOST_LOCK=0`` in the neighbour: the code before
 the fix); beside the neighbour as compress runs it now. Conditions in the order alone, ungated, gated, alone.
@@ -62,7 +62,7 @@ def main() -> None:
     from compress.data import calibration_inputs
     from compress.export import export_onnx
     from compress.io import write_json_atomic
-    from compress.latency import measure
+    from compress.measure.latency import measure
     from compress.models import create_model
     from compress.recipe import load_recipe
     from compress.techniques.quantize import quantize_int8
@@ -112,7 +112,7 @@ def main() -> None:
     write_json_atomic(args.out, {
         "command": f"python benchmarks/calibration_neighbour.py --out {args.out} --repeats {args.repeats}",
         "measured": "a ResNet with the channels of the default teacher pruned by 0.5 (32-48-96-128), randomly "
-                    "initialised, int8 QDQ, batch 1, 1 thread, compress.latency.measure",
+                    "initialised, int8 QDQ, batch 1, 1 thread, compress.measure.latency.measure",
         "neighbour": "quantize_int8 of the default teacher in a loop (percentile, 512 images), another process",
         "median_p95_alone_ms": alone, "machine": pipeline.machine_info(), "rows": rows})
     print(f"-> {args.out}")

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import compress.baselines as bl
+from compress.search import baselines as bl
 from compress.export import onnx_accuracy
 from compress.io import read_json, write_json_atomic
 from compress.pipeline import machine_info, prepare

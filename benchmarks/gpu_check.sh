@@ -79,7 +79,7 @@ for s in $STAGES; do
 import torch, onnxruntime, onnx, numpy, optuna
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')
 print('ort', onnxruntime.__version__, onnxruntime.get_available_providers(), 'onnx', onnx.__version__, 'numpy', numpy.__version__)
-from compress.latency import backend_for; print('backend_for(cuda) =', backend_for('cuda'))
+from compress.measure.latency import backend_for; print('backend_for(cuda) =', backend_for('cuda'))
 " 2>&1 | tee "$OUT/env.log";;
   cuda)
     timeout 150 $PY -m pytest -q -p no:cacheprovider --timeout 120 -rfE tests/test_train.py tests/test_capacity.py \

@@ -22,8 +22,8 @@ import optuna
 from compress.io import write_json_atomic
 from compress.pipeline import machine_info
 from compress.recipe import load_recipe
-from compress.search import storage_url
-from compress.study import run_study
+from compress.search.study import storage_url
+from compress.search.run import run_study
 
 KEEP = ["n_trials_complete", "n_trials_untrained_too_slow", "n_trials_pruned", "n_trials_failed",
         "n_trials_short_schedule", "n_trials_promoted", "pareto_size", "hypervolume", "slo_met", "accuracy_drop_pp",

@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from compress.latency import environment, measure  # noqa: E402
+from compress.measure.latency import environment, measure  # noqa: E402
 from compress.recipe import load_recipe  # noqa: E402
 from compress.storage import mask  # noqa: E402
-from compress.workers import busy_seconds  # noqa: E402
+from compress.search.budget import busy_seconds  # noqa: E402
 from pg import PostgresServer  # noqa: E402
 
 RECIPE = "benchmarks/scale_out.yaml"  # the product's latency protocol (recipe defaults), trials of ~1-3 ms models
@@ -120,7 +120,7 @@ model.train()
 opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 first = True
 while True:
-    for _, x, y in batches(data.train, 64):  # compress.hostlock.pause_point before every batch
+    for _, x, y in batches(data.train, 64):  # compress.measure.hostlock.pause_point before every batch
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()

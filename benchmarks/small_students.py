@@ -22,7 +22,7 @@ from compress.recipe import load_recipe, with_values
 from compress.teacher import model_size
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.train import accuracy, predict_logits, train_
-from compress.verdicts import accuracy_ci95
+from compress.measure.verdicts import accuracy_ci95
 
 # family, kwargs, epochs. Today's front: cnn 16 wide, 1 deep, pruned (0.6 MMACs, 87.6% test), then the pruned
 # teacher (11.6 MMACs, 94%): nothing in between. Two conv layers per stage, distilled twice as long, fill it.

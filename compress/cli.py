@@ -83,8 +83,9 @@ def _search_argv(args) -> list[str]:
 
 
 def _cmd_search(args, report_only: bool = False) -> int:
-    from compress.study import print_study_summary, run_study
-    from compress.workers import LocalWorkers
+    from compress.report import print_study_summary
+    from compress.search.run import run_study
+    from compress.search.workers import LocalWorkers
 
     recipe = _study_recipe(args)
     no_report = getattr(args, "no_report", False)
@@ -128,7 +129,7 @@ def _ints(text: str) -> list[int]:
 def _cmd_bench(args) -> int:
     from pathlib import Path
 
-    from compress.latency import environment, sweep
+    from compress.measure.latency import environment, sweep
     from compress.recipe import LatencyConfig
     from compress.report import bench_table
 
@@ -156,7 +157,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_stability(args) -> int:
-    from compress.stability import stability
+    from compress.measure.stability import stability
 
     r = stability(args.teacher, args.artifact, args.processes, args.max_seconds, args.out, args.min_runs)
     print(f"p50 CV teacher {100 * r['p50_cv_teacher']:.2f}%, artifact {100 * r['p50_cv_artifact']:.2f}%, "

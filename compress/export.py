@@ -16,6 +16,9 @@ from compress.data import INPUT_SHAPE, Split
 from compress.errors import CompressError, ParityError
 from compress.io import copy_atomic
 from compress.spec import INPUT_NAME, OUTPUT_NAME
+from compress.data import batches
+from compress.measure.latency import make_session
+from compress.train import predict_logits
 
 
 class ExportError(CompressError):
@@ -67,7 +70,6 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, input_shape
 
 
 def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    from compress.latency import make_session
 
     sess = make_session(path, threads=0)  # 0: all cores; parity is not a timing
     name = sess.get_inputs()[0].name
@@ -77,8 +79,6 @@ def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> 
 
 def _onnx_batches(path: str | Path, split: Split, batch_size: int = 500):
     """(inputs, labels, ONNX logits) batch by batch: a streamed split never sits in memory."""
-    from compress.data import batches
-    from compress.latency import make_session
 
     sess = make_session(path, threads=0)  # 0: all cores; this is not a timing
     name = sess.get_inputs()[0].name
@@ -101,7 +101,6 @@ def reference_logits(model: nn.Module, split: Split) -> np.ndarray:
     computed once for both checks of one model, its fp32 export and its int8 copy (for the default teacher, each
     pass took 25 s of a trial's ~75 on one core; the teacher as it is reads its own from a cache,
     ``distill.cached_teacher_logits(exact=True)``)."""
-    from compress.train import predict_logits
 
     return predict_logits(model, split, 500).numpy()
 

@@ -9,14 +9,15 @@ import tempfile
 from pathlib import Path
 
 from compress.recipe import Recipe
+from compress.export import export_onnx, onnx_accuracy
+from compress.measure.latency import measure
+from compress.pipeline import prepare
+from compress.report import mmacs
+from compress.teacher import model_size
 
 
 def inspect_recipe(recipe: Recipe) -> dict:
     """The facts ``compress inspect`` prints, as a record."""
-    from compress.export import export_onnx, onnx_accuracy
-    from compress.latency import measure
-    from compress.pipeline import prepare
-    from compress.teacher import model_size
 
     data, teacher, tinfo = prepare(recipe)
     spec = data.spec
@@ -46,7 +47,6 @@ def inspect_recipe(recipe: Recipe) -> dict:
 
 
 def format_inspection(r: dict) -> str:
-    from compress.report import mmacs
 
     d, te, spec = r["data"], r["teacher"], r["data"]["spec"]
     shape = "x".join(map(str, spec["shape"]))

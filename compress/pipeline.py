@@ -24,7 +24,7 @@ from compress.data import Dataset, batches, calibration_inputs, load_dataset
 from compress.export import check_parity, export_onnx, onnx_accuracy, onnx_correct, reference_logits
 from compress.io import publish, read_json, sha256_file, staging_dir, write_json_atomic, write_text_atomic
 from compress.errors import ParityError, TargetError
-from compress.latency import LatencyStats, backend_for, compare, environment
+from compress.measure.latency import LatencyStats, backend_for, compare, environment
 from compress.models import build_model, takes_argument
 from compress.recipe import PruneConfig, Recipe, RecipeError, public_yaml, space_choices, with_values
 from compress.spec import InputSpec
@@ -33,7 +33,8 @@ from compress.techniques.distill import cached_teacher_logits, make_loss, teache
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8, reduce_range
 from compress.train import train_
-from compress.verdicts import test_accuracy_fields
+from compress.measure.verdicts import test_accuracy_fields
+from compress.measure.latency import measure
 
 ARTIFACT = "model.onnx"
 RESTART_STATE = "short_state.pt"  # in a trial's folder: its first schedule's state where halving stopped it
@@ -207,7 +208,6 @@ def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path,
     Dense kernels take as long whatever the weights are, so this is the trained model's latency. A near miss
     of the service level (``RECHECK_BELOW``) is timed again, and the less disturbed window (the lower p95:
     interference only adds latency) is returned; ``windows`` gets each window's p95."""
-    from compress.latency import measure
 
     torch.manual_seed(recipe.seed)
     p, q = recipe.prune, recipe.quantize

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from compress.io import write_text_atomic
+
 
 def mmacs(macs: int | None) -> str:
     """MACs in millions; "n/a" for a teacher whose operations cannot be counted (TorchScript, ONNX)."""
@@ -34,17 +36,6 @@ def print_summary(summary: dict) -> None:
 
 # ---- the search report: works from records (dicts) alone, no torch ----
 
-def pareto_indices(points: list[tuple[float, float]], margin: float = 1.0) -> list[int]:
-    """Indices of the non-dominated (accuracy to maximise, latency to minimise) points, fastest first. With
-    ``margin`` > 1 a point is left out only when another is at least as accurate and ``margin`` times as fast:
-    those a measurement that far off could still put on the front."""
-    front = []
-    for i, (acc_i, lat_i) in enumerate(points):
-        dominated = any(acc_j >= acc_i and lat_j * margin <= lat_i and (acc_j > acc_i or lat_j * margin < lat_i)
-                        for j, (acc_j, lat_j) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
 
 
 # latency_measured: "final" for numbers from the closing measurement (the front: each model alone, with the
@@ -165,7 +156,6 @@ def write_csv_rows(path, rows: list[dict]) -> None:
     import csv
     import io
 
-    from compress.io import write_text_atomic
 
     cols: list[str] = []
     for r in rows:
@@ -176,3 +166,67 @@ def write_csv_rows(path, rows: list[dict]) -> None:
     for r in rows:
         w.writerow({k: (f"{v[0]:.6g}-{v[1]:.6g}" if isinstance(v, (tuple, list)) else v) for k, v in r.items()})
     write_text_atomic(path, buf.getvalue())
+
+
+def verdict_text(v: dict | None, b: dict) -> str:
+    """One baseline's verdict in words; older summaries carry only ``dominated_by_front``."""
+    if v is None:
+        return f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front"
+    if v["verdict"] == "dominated":
+        return f"dominated by trial {v['trial']}: {v.get('why') or 'more accurate'} (McNemar p = {v['p_value']:.3g})"
+    if v["verdict"] == "not distinguishable":
+        return f"not distinguishable from trial {v['trial']} in accuracy at equal latency (McNemar p = {v['p_value']:.3g})"
+    if v["trial"] is not None:
+        return f"NOT dominated: more accurate than trial {v['trial']}, the best as fast (McNemar p = {v['p_value']:.3g})"
+    return "NOT dominated: faster than every front member"
+
+
+def print_study_summary(summary: dict) -> None:
+    print()
+    print(summary_table(summary))
+    slow = summary.get("n_trials_untrained_too_slow")
+    short, late = summary.get("n_trials_short_schedule"), summary.get("n_trials_short_for_budget")
+    behind, rejected = summary.get("n_trials_short_behind_front"), summary.get("n_trials_int8_rejected")
+    why = [f"{late} for the time budget"] * bool(late) + [f"{behind} as they could not reach the front"] * bool(behind)
+    print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned"
+          + (f", {slow} too slow to train (timed untrained)" if slow else "")
+          + (f", {rejected} finished in fp32 (int8 failed its parity gate)" if rejected else "")
+          + (f"; {short} kept their short schedule" + (f" (of them: {', '.join(why)})" if why else "")
+             + f", {summary['n_trials_promoted']} promoted to the full one"
+             if short or summary.get("n_trials_promoted") else "") + "; "
+          f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
+    for k, b in summary["baselines"].items():
+        print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
+              f"{verdict_text(b.get('versus_front'), b)}")
+    for k, why in summary.get("baselines_failed", {}).items():
+        print(f"baseline {k:<20} NOT BUILT: {why.splitlines()[0][:160]}")
+    for key, who in (("artifact_vs_runner_up", "runner-up"), ("artifact_vs_teacher", "teacher")):
+        c = summary.get(key)
+        if c:
+            name = f"runner-up trial {c['trial']}" if "trial" in c else who
+            print(f"artifact vs {name} (test {100 * c['test_accuracy']:.2f}%): {c['verdict']} "
+                  f"(McNemar p = {c['p_value']:.3g})")
+    if summary.get("phases_s"):
+        phases = (f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in summary["phases_s"].items() if v >= 3)
+        print(f"wall time {summary['wall_time_s'] / 60:.1f} min: {', '.join(phases)} (minutes)")
+    budget = summary.get("wall_time_budget")
+    if budget:
+        print(f"run budget {budget['wall_time_s'] / 60:.1f} min (search.wall_time_s): after the search, "
+              f"{budget['predicted_after_search_s'] / 60:.1f} min predicted, {budget['after_search_s'] / 60:.1f} taken")
+    if "hypervolume" in summary:
+        print(f"front hypervolume: {summary['hypervolume']['value']:.4f} "
+              f"({summary['hypervolume']['x']} x {summary['hypervolume']['y']})")
+    cap, tcap = summary.get("capacity"), summary.get("capacity_teacher")
+    if cap and tcap and "batch" in cap:
+        print(f"batch requirement: teacher needs {tcap['batch']['cores']} cores ({tcap['batch']['cost_per_run']:.2f} "
+              f"per run), the artifact {cap['batch']['cores']} ({cap['batch']['cost_per_run']:.2f} per run); "
+              "see capacity.md")
+    if summary["slo_met"]:
+        print(f"service level met: p95 {summary['artifact']['latency_p95_ms']:.3f} ms <= {summary['slo_p95_ms']} ms")
+    else:
+        print("!" * 78)
+        print(f"!! NO TRIAL MEETS THE SERVICE LEVEL (p95 <= {summary['slo_p95_ms']} ms, accuracy drop <= "
+              f"{summary['slo_max_accuracy_drop_pp']} pp).")
+        print(f"!! The artifact is the {summary['chosen_because'].split(': ')[-1]}; slo_met is false.")
+        print("!! Widen the search space, allow more trials, or relax the service level.")
+        print("!" * 78)

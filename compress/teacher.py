@@ -24,6 +24,11 @@ from compress.io import read_json, sha256_file, write_json_atomic
 from compress.models import build_model, check_output, macs_and_params
 from compress.recipe import Recipe, TeacherConfig
 from compress.spec import InputSpec
+from compress.data.fashion_mnist import SPEC
+from compress.export import check_parity, export_onnx
+from compress.measure.latency import make_session
+from compress.measure.latency import measure
+from compress.train import accuracy, train_
 
 
 def info_path(checkpoint: str | Path) -> Path:
@@ -35,7 +40,6 @@ PRUNABLE = ("compress", "state_dict", "pickle")  # formats that are an nn.Module
 
 
 def _spec(spec: InputSpec | None) -> InputSpec:
-    from compress.data.fashion_mnist import SPEC
 
     return spec or SPEC
 
@@ -58,7 +62,6 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: Path):
         super().__init__()
-        from compress.latency import make_session
 
         self.path = Path(path)
         self.session = make_session(self.path, threads=0)
@@ -228,9 +231,6 @@ def model_size(model: nn.Module, spec: InputSpec) -> tuple[int | None, int]:
 
 def train_teacher(recipe: Recipe, data: Dataset) -> dict:
     """Train the recipe's teacher and write checkpoint, ONNX and teacher.json; returns teacher.json."""
-    from compress.export import check_parity, export_onnx
-    from compress.latency import measure
-    from compress.train import accuracy, train_
 
     cfg = recipe.teacher
     ckpt = Path(cfg.checkpoint)

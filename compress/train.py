@@ -181,7 +181,7 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
     return float((predict_logits(model, split, batch_size).argmax(1) == split.labels).float().mean())
 
 
-def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
     """LR factor per step: linear warm-up, then cosine to zero; with ``restart_epochs``, two such cycles,
     the first exactly the schedule of a ``restart_epochs``-epoch run."""
     cut = (cfg.restart_epochs or 0) * steps_per_epoch
@@ -239,7 +239,7 @@ def train_(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, steps))
     bf16 = use_bf16(cfg.bf16, device)
     if bf16 and train.raw.dim() == 4:
         fmt = torch.channels_last

@@ -27,7 +27,7 @@ def _repo_cwd(monkeypatch):
 def tiny_study(tmp_path_factory):
     """One 3-trial search on recipes/tiny_search.yaml, shared by the search and bundle tests."""
     from compress.recipe import load_recipe
-    from compress.study import run_study
+    from compress.search.run import run_study
 
     out = tmp_path_factory.mktemp("study")
     os.chdir(ROOT)

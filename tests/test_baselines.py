@@ -2,7 +2,7 @@
 
 import pytest
 
-import compress.baselines as bl
+from compress.search import baselines as bl
 from compress.recipe import load_recipe
 from compress.teacher import load_teacher
 
@@ -91,13 +91,12 @@ def test_the_cache_key_resolves_bf16_on_each_schedules_own_device(monkeypatch):
     native bf16 (and whose CPU has not) makes an fp32 model, and its key must not say bf16."""
     import types
 
-    import compress.train as train_mod
     import torch
 
     from compress.recipe import recipe_from_dict
 
-    monkeypatch.setattr(train_mod, "resolve_device", lambda name: torch.device("cpu" if name == "cpu" else "cuda"))
-    monkeypatch.setattr(train_mod, "native_bf16", lambda device: device.type == "cuda")
+    monkeypatch.setattr(bl, "resolve_device", lambda name: torch.device("cpu" if name == "cpu" else "cuda"))
+    monkeypatch.setattr(bl, "native_bf16", lambda device: device.type == "cuda")
     data, tinfo = types.SimpleNamespace(fingerprint="d"), {"sha256": "t"}
 
     def key(**train):

@@ -1,10 +1,10 @@
 import pytest
 
-from compress.capacity import batch_plan, best_per_core, capacity_markdown, default_threads, gpu_plan, online_plan
+from compress.measure.capacity import batch_plan, best_per_core, capacity_markdown, default_threads, gpu_plan, online_plan
 from compress.errors import TargetError
 from compress.pipeline import check_target
 from compress.recipe import RecipeError, recipe_from_dict
-from compress.search import constraint_values
+from compress.search.records import constraint_values
 
 
 def test_batch_plan_by_hand():
@@ -58,7 +58,7 @@ def test_constraints_for_online_and_batch_forms():
 
 
 def test_unavailable_target_is_a_clear_error_before_work():
-    from compress.latency import backend_for
+    from compress.measure.latency import backend_for
 
     try:
         backend_for("cuda")
@@ -75,14 +75,14 @@ def test_torch_backend_measures_fp32_and_refuses_int8(tmp_path, tiny_data):
 
     from compress.data import calibration_inputs
     from compress.export import export_onnx
-    from compress.latency import _TorchRunner, measure
+    from compress.measure.latency import TorchRunner, measure
     from compress.models import create_model
     from compress.recipe import LatencyConfig, QuantizeConfig
     from compress.techniques.quantize import quantize_int8
 
     model = create_model("cnn", width=8, depth=1).eval()
     path = export_onnx(model, tmp_path / "m.onnx")
-    run = _TorchRunner(path, batch_size=4, threads=1, device="cpu")
+    run = TorchRunner(path, batch_size=4, threads=1, device="cpu")
     with torch.no_grad():
         expected = model(run.x)
     assert torch.allclose(run.model(run.x), expected, atol=1e-4)  # the same computation as the ONNX graph
@@ -130,13 +130,13 @@ def test_torch_backend_runs_a_graph_whose_equal_weights_torch_onnx_stored_once(t
     import torch
 
     from compress.export import export_onnx
-    from compress.latency import _TorchRunner
+    from compress.measure.latency import TorchRunner
     from compress.models import create_model
 
     model = create_model("cnn", width=16, depth=2).eval()
     path = export_onnx(model, tmp_path / "m.onnx")
     assert "Identity" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    run = _TorchRunner(path, batch_size=4, threads=1, device="cpu")
+    run = TorchRunner(path, batch_size=4, threads=1, device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(run.model(run.x), model(run.x), rtol=1e-4, atol=1e-5)
 
@@ -144,7 +144,7 @@ def test_torch_backend_runs_a_graph_whose_equal_weights_torch_onnx_stored_once(t
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_cuda_latency_measurement(tmp_path):
     from compress.export import export_onnx
-    from compress.latency import backend_for, measure
+    from compress.measure.latency import backend_for, measure
     from compress.models import create_model
     from compress.recipe import LatencyConfig
 

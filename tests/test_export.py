@@ -49,7 +49,7 @@ def test_export_falls_back_to_the_dynamo_exporter(tmp_path, monkeypatch):
     import numpy as np
 
     import compress.export as export_mod
-    from compress.latency import make_session
+    from compress.measure.latency import make_session
 
     def refuse(*args, **kwargs):
         raise RuntimeError("TorchScript cannot trace this model")

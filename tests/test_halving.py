@@ -6,8 +6,10 @@ import optuna
 import pytest
 
 from compress.recipe import load_recipe, with_values
-from compress.search import promote, search_fingerprint, short_schedule
-from compress.study import print_study_summary, run_study
+from compress.search.halving import promote, short_schedule
+from compress.search.study import search_fingerprint
+from compress.report import print_study_summary
+from compress.search.run import run_study
 
 
 def _recipe(*overrides):
@@ -16,13 +18,13 @@ def _recipe(*overrides):
 
 def _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_val, target):
     """What the study does with its chosen trial after the search, on its own: planned, built, judged."""
-    import compress.baselines as bl
-    from compress.study import _full_plan, _full_result
+    from compress.search import baselines as bl
+    from compress.search.halving import full_plan, full_result
 
-    plan = _full_plan(recipe, chosen)
+    plan = full_plan(recipe, chosen)
     if plan is None:
         return None
-    return _full_result(recipe, chosen, plan, bl.build(plan.build, data, teacher, tinfo), data, teacher_val, target, 0)
+    return full_result(recipe, chosen, plan, bl.build(plan.build, data, teacher, tinfo), data, teacher_val, target, 0)
 
 
 def test_short_schedule_cuts_every_schedule_the_candidate_trains():
@@ -92,7 +94,7 @@ def test_promotion_is_successive_halving_within_a_tier():
 
 
 def test_with_a_bootstrap_the_first_of_a_kind_waits_for_a_rival_but_a_named_candidate_goes_on():
-    from compress.search import search_fingerprint
+    from compress.search.study import search_fingerprint
 
     r = _recipe("search.halving.enabled=true", "search.halving.bootstrap=1")
     study = optuna.create_study(directions=["maximize", "minimize"])
@@ -163,7 +165,7 @@ def _done(val, p95, family=None, short_val=None):
 
 
 def test_a_rung_winner_that_cannot_reach_the_front_is_not_promoted():
-    from compress.search import cannot_reach_front
+    from compress.search.halving import cannot_reach_front
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.add_trial(_done(0.93, 0.20))  # a finished trial that was never cut short: no gain to go by
@@ -190,7 +192,7 @@ def test_a_rung_winner_that_cannot_reach_the_front_is_not_promoted():
 
 @pytest.mark.timeout(600)
 def test_a_study_keeps_a_rung_winner_behind_the_front_short(tmp_path, capsys, monkeypatch):
-    import compress.search as search
+    from compress.search import objective
 
     seen = []
 
@@ -198,7 +200,7 @@ def test_a_study_keeps_a_rung_winner_behind_the_front_short(tmp_path, capsys, mo
         seen.append((family, p95_ms))
         return "trial 0 is as fast and already more accurate" if len(seen) > 1 else None
 
-    monkeypatch.setattr(search, "cannot_reach_front", behind)
+    monkeypatch.setattr(objective, "cannot_reach_front", behind)
     r = _recipe(f"output_dir={tmp_path}", "search.halving.enabled=true", "distill.train.epochs=4",
                 "search.baselines=false", "capacity.enabled=false", "search.n_trials=2", "search.startup_trials=2",
                 "search.skip_slow=true", "slo.p95_ms=10",  # timed before training: a p95 for the rule, none too slow
@@ -213,7 +215,7 @@ def test_a_study_keeps_a_rung_winner_behind_the_front_short(tmp_path, capsys, mo
     assert h["family"] == "cnn" and trials[1].user_attrs["overrides"] == {"distill.train.epochs": 1}
     assert trials[0].user_attrs["halving"]["promoted"] is True
     assert summary["n_trials_short_behind_front"] == summary["n_trials_short_schedule"] == 1
-    assert "more accurate: not promoted, finished as the short schedule" in capsys.readouterr().out
+    assert "trial 1: short schedule val" in (out := capsys.readouterr().out) and "kept short (behind the front)" in out
     print_study_summary(summary)
     assert "1 kept their short schedule (of them: 1 as they could not reach the front)" in capsys.readouterr().out
 
@@ -230,15 +232,15 @@ def test_the_front_rule_is_on_by_default_and_keeps_older_studies_resumable():
 def test_promotion_waits_for_the_time_budget(monkeypatch):
     """A rung winner goes on only when the rest of its full schedule, at its short schedule's pace, ends within
     search.timeout_s of the study's busy time."""
-    from compress import workers
-    from compress.search import rest_overruns
+    from compress.search import halving
+    from compress.search.halving import rest_overruns
 
     r = _recipe("search.halving.enabled=true", "distill.train.epochs=8", "prune.finetune.epochs=4",
                 "search.timeout_s=600")
     cnn = with_values(r, {"prune.enabled": True})
     short = short_schedule(cnn)  # 2 of 8 distillation epochs, 1 of 4 fine-tuning ones
     study = optuna.create_study(directions=["maximize", "minimize"])
-    monkeypatch.setattr(workers, "busy_seconds", lambda trials: 400.0)  # 200 s of the budget left
+    monkeypatch.setattr(halving, "busy_seconds", lambda trials: 400.0)  # 200 s of the budget left
     # 60 s for 2 epochs: the 6 + 3 epochs left take ~270 s at 30 s an epoch, past the budget.
     why = rest_overruns(study, cnn, short, 60.0)
     assert "~4.5 min" in why and "3.3 min left" in why
@@ -266,12 +268,12 @@ def test_a_rung_winner_past_the_budget_is_finished_as_its_short_schedule(tmp_pat
     assert state.is_file() and trials[0].user_attrs["restart_state"]["artifact"]
     assert summary["full_schedule"]["resumed_from_short"] is True
     out = capsys.readouterr().out
-    assert "would end after the study's time budget" in out and "resuming at epoch 2/4" in out
+    assert "kept short (run budget)" in out and "resuming at epoch 2/4" in out
     kept = state.read_bytes()
     state.unlink()
     assert run_study(r, report_only=True)["full_schedule"]["resumed_from_short"] is True
     assert state.read_bytes() == kept
-    from compress.study import print_study_summary
+    from compress.report import print_study_summary
 
     print_study_summary(summary)
     assert "1 kept their short schedule (of them: 1 for the time budget)" in capsys.readouterr().out
@@ -280,7 +282,7 @@ def test_a_rung_winner_past_the_budget_is_finished_as_its_short_schedule(tmp_pat
 def test_the_chosen_candidate_kept_short_is_trained_on_its_full_schedule(tiny_data, tmp_path, monkeypatch):
     """Cheap early, exact late: the model handed over gets the schedule the recipe asks for, replaces the short
     one only when at least as accurate on validation, and a report run again does not train it again."""
-    import compress.baselines as bl
+    from compress.search import baselines as bl
     from compress.teacher import load_teacher
 
     monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
@@ -369,7 +371,7 @@ def test_a_schedule_stopped_at_its_restart_resumes_from_its_saved_state(tiny_dat
 def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data, tmp_path, monkeypatch, capsys):
     """After the search, the chosen candidate that halving kept short (the study's time budget, say) is trained on
     the rest of its full schedule from the state its trial saved: the model its promotion would have made."""
-    import compress.baselines as bl
+    from compress.search import baselines as bl
     from compress.pipeline import RESTART_STATE, compress_student
     from compress.teacher import load_teacher
 
@@ -396,7 +398,7 @@ def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data,
     assert made == [folder / RESTART_STATE] and result["resumed_from_short"] is True
     assert chosen["overrides"] == {"distill.train.restart_epochs": 1}  # its recipe: the promoted trial's
     out = capsys.readouterr().out
-    assert "(the rest of it, from the state its short schedule saved in" in out and "resuming at epoch 2/2" in out
+    assert "(resumed from its short one)" in out and "resuming at epoch 2/2" in out
     promoted = compress_student(trial_recipe, tiny_data, teacher, tinfo, tmp_path / "promoted",
                                 at_restart=lambda a, s: True)
     _logits_equal(chosen["artifact_path"], promoted[-1], tiny_data.val)
@@ -407,7 +409,7 @@ def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data,
 
 
 def test_tiers_part_candidates_of_equal_macs_but_different_latency():
-    from compress.search import tier_of
+    from compress.search.halving import tier_of
 
     # The 8-wide 2-deep and the 16-wide 1-deep CNN: ~2 MMACs each; p50 as timed in two hours of the reference machine.
     assert tier_of("cnn", 1_939_946, 0.060) != tier_of("cnn", 2_007_690, 0.044)

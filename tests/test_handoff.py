@@ -16,7 +16,7 @@ from compress.cli import main
 from compress.errors import BundleError
 from compress.handoff import (EDITED, bundle_spec, load_inputs, load_manifest, manifest_problems, manifest_sha256,
                               predict, spec_fields, verify, write_bundle)
-from compress.handoff.verify import _find_test_set
+from compress.handoff.verify import find_test_set
 from compress.io import sha256_file
 from compress.spec import InputSpec
 
@@ -193,7 +193,7 @@ def test_a_test_split_too_large_to_travel_leaves_the_samples(tmp_path, monkeypat
 def test_fashion_mnist_test_split_is_never_bundled_and_verify_reads_the_idx_files(tmp_path, capsys):
     from compress.data.fashion_mnist import SPEC
 
-    found = _find_test_set(None)
+    found = find_test_set(None)
     if found is None:
         pytest.skip("Fashion-MNIST t10k files not installed")
     images, labels, _ = found
@@ -345,10 +345,10 @@ def test_predict_bad_inputs_exit_nonzero_naming_the_file(built, tmp_path, capsys
 
 
 def test_model_card_warns_when_int8_needs_vnni():
-    from compress.handoff.bundle import _hardware_note
+    from compress.handoff.bundle import hardware_note
 
     vnni = {"machine": {"flags": ["avx2", "avx512_vnni"]}}
-    assert "Serve it on CPUs with VNNI" in _hardware_note({**vnni, "format_note": "int8, QDQ static quantization"})[0]
-    assert _hardware_note({**vnni, "format_note": "int8, QDQ static quantization, 7-bit weights (reduce_range)"}) == []
-    assert _hardware_note({**vnni, "format_note": "fp32"}) == []
-    assert _hardware_note({"machine": {"flags": ["avx2"]}, "format_note": "int8, QDQ static quantization"}) == []
+    assert "Serve it on CPUs with VNNI" in hardware_note({**vnni, "format_note": "int8, QDQ static quantization"})[0]
+    assert hardware_note({**vnni, "format_note": "int8, QDQ static quantization, 7-bit weights (reduce_range)"}) == []
+    assert hardware_note({**vnni, "format_note": "fp32"}) == []
+    assert hardware_note({"machine": {"flags": ["avx2"]}, "format_note": "int8, QDQ static quantization"}) == []

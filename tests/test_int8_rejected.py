@@ -6,7 +6,9 @@ import pytest
 import compress.pipeline as pipeline
 from compress.errors import ParityError
 from compress.recipe import load_recipe
-from compress.study import print_study_summary, recipe_of, run_study
+from compress.report import print_study_summary
+from compress.search.records import recipe_of
+from compress.search.run import run_study
 
 
 @pytest.mark.timeout(600)
@@ -67,14 +69,14 @@ def test_a_single_run_still_stops_on_a_failing_int8_gate(tiny_data, tmp_path, mo
 def test_a_short_chosen_candidate_kept_in_fp32_gets_its_full_schedule_in_fp32(tmp_path):
     """Handed over with its full schedule after the search (search.halving kept it short), it stays the fp32
     model its trial made, and so does the recipe it is handed over with (and its no-KD baseline's)."""
-    from compress.study import _full_plan
+    from compress.search.halving import full_plan
 
     r = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.halving.enabled=true",
                                                  "distill.train.epochs=4"])
     chosen = {"trial": 0, "schedule": "short", "params_": {"student.width": 8, "quantize.enabled": True},
               "overrides": {"distill.train.epochs": 1, "quantize.enabled": False}, "int8_rejected": "agreement 0.90",
               "artifact_path": str(tmp_path / "trials" / "0000" / "model.onnx")}
-    plan = _full_plan(r, chosen)
+    plan = full_plan(r, chosen)
     assert plan.build.recipe.quantize.enabled is False and plan.build.recipe.distill.train.epochs == 4
     assert plan.trial_schedule == {"distill.train.epochs": 1} and plan.restart == {"quantize.enabled": False}
     assert recipe_of(r, {**chosen, "overrides": plan.restart}).quantize.enabled is False

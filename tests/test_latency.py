@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from compress.export import export_onnx
-from compress.latency import ci_relative_halfwidth, compare, stats_from_samples
+from compress.measure.latency import ci_relative_halfwidth, compare, stats_from_samples
 from compress.models import create_model
 from compress.recipe import LatencyConfig
 
@@ -81,18 +81,46 @@ def test_bench_command_prints_table_and_ratio(tmp_path):
     assert bad.returncode == 2 and "no such ONNX file" in bad.stderr
 
 
-def test_stability_over_processes(tmp_path):
-    from compress.stability import stability
+def test_stability_over_processes(tmp_path, clock, monkeypatch):
+    """Each process runs ``compress bench ARTIFACT --vs TEACHER --json``; here the bench runs in this process on
+    fake models timed by the fake clock (teacher 3 ms a run, artifact 1 ms), so every figure is known."""
+    import json
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from compress import cli
+    from compress.measure import latency
+    from compress.measure import stability as stability_module
 
     # Same file name in two folders: the reference must still be told apart from the candidate.
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    small = export_onnx(create_model("cnn", width=4, depth=1), tmp_path / "a" / "model.onnx")
-    big = export_onnx(create_model("cnn", width=32, depth=2), tmp_path / "b" / "model.onnx")
-    r = stability(str(big), str(small), processes=2, max_seconds=0.2, out=str(tmp_path / "s.json"))
-    assert len(r["runs"]) == 2 and all(run["speedup"] > 1 for run in r["runs"])
-    assert {"p50_cv_teacher", "p50_cv_artifact", "speedup_cv"} <= set(r)
-    assert (tmp_path / "s.json").is_file()
+    small, big = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    small.write_bytes(b"artifact")
+    big.write_bytes(b"teacher")
+    ms = {str(small): 1.0, str(big): 3.0}
+    monkeypatch.setattr(latency, "runner", lambda path, *a, **k: clock.model(lambda n: ms[str(path)]))
+    commands = []
+
+    def bench_process(cmd, check, stdout):
+        commands.append(cmd)
+        assert cmd[:4] == [sys.executable, "-m", "compress", "bench"] and check
+        assert cli.main(cmd[3:]) == 0
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(stability_module, "subprocess", SimpleNamespace(run=bench_process, DEVNULL=subprocess.DEVNULL))
+    r = stability_module.stability(str(big), str(small), processes=2, max_seconds=0.2, out=str(tmp_path / "s.json"))
+
+    assert len(commands) == 2
+    assert all(c[4:7] == [str(small), "--vs", str(big)] for c in commands)
+    assert len(r["runs"]) == 2
+    for run in r["runs"]:
+        assert run["p50_teacher_ms"] == pytest.approx(3.0) and run["p50_artifact_ms"] == pytest.approx(1.0)
+        assert run["speedup"] == pytest.approx(3.0)  # the teacher is the reference, not the artifact
+        assert run["n_runs"] == [200, 200] and run["noisy"] == [False, False]  # min_runs, interleaved
+    assert r["p50_cv_teacher"] == r["p50_cv_artifact"] == r["speedup_cv"] == 0.0
+    assert json.loads((tmp_path / "s.json").read_text())["runs"] == r["runs"]
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
@@ -100,7 +128,7 @@ def test_stability_over_processes(tmp_path):
 def test_measurement_is_pinned_to_fixed_cpus_and_released():
     import os
 
-    from compress.latency import pinned
+    from compress.measure.latency import pinned
 
     before = os.sched_getaffinity(0)
     with pinned(1):
@@ -110,36 +138,109 @@ def test_measurement_is_pinned_to_fixed_cpus_and_released():
 
 
 def test_rounds_shrink_for_slow_models_only():
-    from compress.latency import REWARM, ROUND, _round_size
+    from compress.measure.latency import REWARM, ROUND, round_size
 
-    assert _round_size([0.2, 2.3]) == (ROUND, REWARM)  # the study's final measurement: full rounds
-    assert _round_size([0.2, 10.0]) == (12, 2)
-    assert _round_size([150.0]) == (1, 1)  # a batch-128 teacher: one run a round, one re-warm
+    assert round_size([0.2, 2.3]) == (ROUND, REWARM)  # the study's final measurement: full rounds
+    assert round_size([0.2, 10.0]) == (12, 2)
+    assert round_size([150.0]) == (1, 1)  # a batch-128 teacher: one run a round, one re-warm
 
 
-def test_bounded_measurement_warms_up_within_its_time_and_measures_once(monkeypatch):
+class FakeClock:
+    """Stands in for the ``time`` module in compress.measure.latency (it reads ``perf_counter`` and
+    ``perf_counter_ns``): time moves only when a fake model runs, by the run's scripted duration."""
+
+    def __init__(self):
+        self.ns = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def model(self, durations_ms):
+        """A runner whose n-th run (from 0) takes ``durations_ms(n)`` ms; ``.calls`` counts its runs."""
+
+        def run():
+            self.ns += round(durations_ms(run.calls) * 1e6)
+            run.calls += 1
+
+        run.calls = 0
+        return run
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    from compress.measure import latency
+
+    fake = FakeClock()
+    monkeypatch.setattr(latency, "time", fake)
+    monkeypatch.setenv("COMPRESS_HOST_LOCK", "0")  # the host lock has no part in these tests
+    return fake
+
+
+def test_bounded_warm_up_stops_at_its_time_bound(clock):
     """The capacity sweep's settings (a throughput): a slow model's warm-up stops at the time bound instead of
-    running windows of 20 until two agree, and a noisy set is not measured a second time."""
-    import time
+    running windows of 20 until two agree."""
+    from compress.measure import latency
 
-    from compress import latency
+    slow = clock.model(lambda n: 10 if n % 2 == 0 else 30)  # 10, 30, 10, 30, ... ms
+    median = latency._warm_up(slow, 2, max_s=0.1)
+    # 2 untimed runs (40 ms), so the bound is at 140 ms; timed runs end at 50, 80, 90, 120, 130 and 160 ms:
+    # the 6th is the first past the bound, and the warm-up ends there, inside its first window of 20.
+    assert slow.calls == 2 + 6
+    assert clock.ns == 160_000_000
+    assert median == pytest.approx(20.0)  # the median of 10, 30, 10, 30, 10, 30 ms
 
-    calls = []
+    unbounded = clock.model(lambda n: 10 if n % 2 == 0 else 30)
+    assert latency._warm_up(unbounded, 2) == pytest.approx(20.0)
+    assert unbounded.calls == 2 + 2 * 20  # whole windows: the second window's median agrees with the first
 
-    def slow():  # 20 ms a run, alternating 10 and 30: two window medians never settle, p95 stays wide
-        calls.append(1)
-        time.sleep(0.01 if len(calls) % 2 else 0.03)
 
-    latency._warm_up(slow, 2, max_s=0.1)
-    assert len(calls) <= 2 + 0.1 / 0.01 + 1  # 2 untimed runs, then at most the time bound's worth
-    calls.clear()
-    latency._warm_up(slow, 2, max_windows=3)  # unbounded: whole windows
-    assert len(calls) >= 2 + 2 * 20
+def test_unbounded_warm_up_runs_whole_windows_up_to_its_cap(clock):
+    from compress.measure import latency
 
-    runs = []  # two modes taking turns (drawn at random they once came out mostly slow: a narrow CI, not noisy)
-    bimodal = lambda: runs.append(1) or time.sleep(0.0005 if len(runs) % 2 else 0.004)  # noqa: E731
+    drifting = clock.model(lambda n: 10 + n)  # 1 ms slower each run: two window medians never agree
+    latency._warm_up(drifting, 2, max_windows=3)
+    assert drifting.calls == 2 + 3 * 20
+
+
+def test_bounded_measurement_measures_once_and_unbounded_twice(clock, monkeypatch):
+    """A noisy set is not measured a second time when bounded; the latency protocol measures it again with
+    twice the time."""
+    from compress.measure import latency
+
+    # Two modes taking turns: half the runs 0.6 ms, half 4 ms. The p50 interval spans both modes, so it
+    # never gets within +-2% of p50, however long the measurement.
+    bimodal = clock.model(lambda n: 0.6 if n % 2 == 0 else 4.0)
     monkeypatch.setattr(latency, "runner", lambda *a, **k: bimodal)
+    budgets = []
+    timed_rounds = latency._timed_rounds
+    monkeypatch.setattr(latency, "_timed_rounds",
+                        lambda runners, cfg, budget, *a: budgets.append(budget) or timed_rounds(runners, cfg, budget, *a))
     cfg = LatencyConfig(warmup_runs=2, min_runs=20, max_runs=100, max_seconds=0.05)
+
     bounded = compare({"m": "unused.onnx"}, cfg, bounded=True)["m"]
     assert bounded.noisy and bounded.attempts == 1
-    assert compare({"m": "unused.onnx"}, cfg)["m"].attempts == 2  # the latency protocol measures it again
+    assert budgets == [pytest.approx(0.05)]  # timed once
+    # Warm-up medians of 2.3 ms: rounds of 50 runs (115 ms), so one round outlasts the 50 ms budget.
+    assert bounded.n_runs == 50
+    assert (bounded.p50_ms, bounded.p95_ms) == (pytest.approx(2.3), pytest.approx(4.0))
+
+    budgets.clear()
+    unbounded = compare({"m": "unused.onnx"}, cfg)["m"]
+    assert unbounded.noisy and unbounded.attempts == 2  # the latency protocol measures it again
+    assert budgets == [pytest.approx(0.05), pytest.approx(0.1)]  # ... with twice the time
+    assert unbounded.n_runs == 50  # the samples of the second attempt only
+
+
+def test_a_steady_model_is_not_noisy_and_measured_once(clock, monkeypatch):
+    from compress.measure import latency
+
+    steady = clock.model(lambda n: 2.0)
+    monkeypatch.setattr(latency, "runner", lambda *a, **k: steady)
+    cfg = LatencyConfig(warmup_runs=2, min_runs=120, max_runs=1000, max_seconds=10.0)
+    s = compare({"m": "unused.onnx"}, cfg)["m"]
+    assert not s.noisy and s.attempts == 1
+    assert s.n_runs == 150  # whole rounds of 50 until min_runs, then the intervals are narrow: it stops
+    assert s.p50_ms == s.p95_ms == s.p99_ms == pytest.approx(2.0)

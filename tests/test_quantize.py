@@ -60,7 +60,7 @@ def test_reduce_range_keeps_weights_in_7_bits_and_is_on_without_vnni(tmp_path, t
     import numpy as np
     from onnx import numpy_helper
 
-    from compress.latency import environment
+    from compress.measure.latency import environment
     from compress.techniques.quantize import reduce_range
 
     model = create_model("cnn", width=8, depth=1).eval()
@@ -78,7 +78,7 @@ def test_reduce_range_keeps_weights_in_7_bits_and_is_on_without_vnni(tmp_path, t
 
 
 def test_each_calibration_run_is_held_as_heavy_work_a_neighbours_measurement_waits_for(tmp_path, tiny_data, monkeypatch):
-    """ONNX Runtime runs each calibration batch on every core: each run is inside compress.hostlock.batch (a
+    """ONNX Runtime runs each calibration batch on every core: each run is inside compress.measure.hostlock.batch (a
     worker timing its candidate meanwhile waits for it), and nothing stays held once quantize_int8 returns."""
     import contextlib
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from compress.report import pareto_indices, plot_pareto_png, write_csv
-from compress.study import _choose
+from compress.measure.verdicts import pareto_indices
+from compress.report import plot_pareto_png, write_csv
+from compress.search.records import choose
 
 
 def _brute_force(points):
@@ -38,7 +39,7 @@ def test_twins_are_judged_at_one_latency():
     the less accurate leaves the front even where its own measurement read faster; another format, or another
     architecture, is a point of its own."""
     from compress.recipe import recipe_from_dict
-    from compress.study import _still_pareto
+    from compress.search.records import still_pareto
 
     recipe = recipe_from_dict({"name": "x", "student": {"model": "teacher"}, "quantize": {"enabled": True},
                                "search": {"space": {"quantize.format": ["qdq", "qoperator"]}}})
@@ -49,13 +50,13 @@ def test_twins_are_judged_at_one_latency():
 
     front = [rec(0, 0.94, 0.175), rec(1, 0.926, 0.161), rec(2, 0.93, 0.170, fmt="qoperator"),
              rec(3, 0.90, 0.05, params=20, int8=False)]
-    assert [r["trial"] for r in _still_pareto(front, recipe)] == [0, 2, 3]
+    assert [r["trial"] for r in still_pareto(front, recipe)] == [0, 2, 3]
     assert not front[1]["pareto"]
     # The chosen one stays whatever its twins.
-    assert [r["trial"] for r in _still_pareto(front, recipe, chosen=front[1])] == [0, 1, 2, 3]
+    assert [r["trial"] for r in still_pareto(front, recipe, chosen=front[1])] == [0, 1, 2, 3]
     # Equally accurate twins: one stays, the first.
     tied = [rec(0, 0.883, 0.1216), rec(1, 0.883, 0.1219), rec(2, 0.883, 0.1416), rec(3, 0.80, 0.05, params=20, int8=False)]
-    assert [r["trial"] for r in _still_pareto(tied, recipe)] == [0, 3]
+    assert [r["trial"] for r in still_pareto(tied, recipe)] == [0, 3]
 
 
 def test_pareto_margin_keeps_what_a_remeasurement_could_put_on_the_front():
@@ -74,15 +75,15 @@ def _rec(i, acc, lat, drop_ok=True, feasible=True):
 
 def test_choice_is_most_accurate_feasible():
     front = [_rec(0, 0.80, 0.1), _rec(1, 0.85, 0.2), _rec(2, 0.90, 0.5, feasible=False)]
-    assert _choose(front)["trial"] == 1
+    assert choose(front)["trial"] == 1
 
 
 def test_choice_without_feasible_trial_is_fastest_within_accuracy_bound():
     front = [_rec(0, 0.70, 0.3, drop_ok=False, feasible=False), _rec(1, 0.88, 0.4, feasible=False),
              _rec(2, 0.90, 0.9, feasible=False)]
-    assert _choose(front)["trial"] == 1
+    assert choose(front)["trial"] == 1
     nothing_accurate = [_rec(0, 0.5, 0.3, False, False), _rec(1, 0.6, 0.9, False, False)]
-    assert _choose(nothing_accurate)["trial"] == 1
+    assert choose(nothing_accurate)["trial"] == 1
 
 
 def test_plot_and_csv_from_records_alone(tmp_path):

@@ -3,11 +3,13 @@ import json
 import optuna
 import pytest
 
-import compress.search as search_mod
+from compress.search import objective as objective_mod
+from compress.search.records import CONSTRAINTS, DONE
+from compress.search.study import storage_url
 from compress.recipe import RecipeError, load_recipe
-from compress.study import run_study
-from compress.verdicts import front_hypervolume
-from compress.workers import open_study
+from compress.search.run import run_study
+from compress.measure.verdicts import front_hypervolume
+from compress.search.study import open_study
 
 OUTPUTS = [  # tiny_study: the session fixture in conftest.py
 "trials.csv", "pareto.csv", "pareto.json", "pareto.html", "pareto.png", "summary.json", "study.db",
@@ -16,7 +18,7 @@ OUTPUTS = [  # tiny_study: the session fixture in conftest.py
 
 
 def _trials(recipe):
-    return optuna.load_study(study_name=recipe.name, storage=search_mod.storage_url(recipe)).trials
+    return optuna.load_study(study_name=recipe.name, storage=storage_url(recipe)).trials
 
 
 def test_three_trial_search_writes_every_output(tiny_study):
@@ -70,7 +72,7 @@ def test_three_trial_search_writes_every_output(tiny_study):
     for t in _trials(recipe):
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert {"metrics", "artifact_path"} <= set(t.user_attrs)
-            assert len(t.system_attrs["constraints"]) == len(search_mod.CONSTRAINTS)  # the form the dashboard reads
+            assert len(t.system_attrs["constraints"]) == len(CONSTRAINTS)  # the form the dashboard reads
     html = (recipe.out_path / "pareto.html").read_text()
     assert "teacher_pruned50" in html and "service level" in html
 
@@ -81,7 +83,7 @@ def test_resume_keeps_trials_and_adds_exactly_the_missing_ones(tiny_study):
     more = load_recipe("recipes/tiny_search.yaml", [f"output_dir={recipe.output_dir}", "search.n_trials=4"])
     summary = run_study(more)
     after = _trials(recipe)
-    done = [t for t in after if t.state in search_mod.DONE]
+    done = [t for t in after if t.state in DONE]
     assert len(done) == 4 and summary["n_trials_complete"] + summary["n_trials_pruned"] == 4
     assert {t.number: t.params for t in after if t.number in before} == before  # nothing redone or changed
     # Asking again for what is already there runs nothing.
@@ -92,7 +94,7 @@ def test_resume_keeps_trials_and_adds_exactly_the_missing_ones(tiny_study):
 def test_interrupted_trial_is_failed_and_its_slot_rerun(tmp_path, monkeypatch):
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=2",
                                                       "search.baselines=false"])
-    real = search_mod.compress_student
+    real = objective_mod.compress_student
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -101,7 +103,7 @@ def test_interrupted_trial_is_failed_and_its_slot_rerun(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user's Ctrl-C in the middle of the second trial
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search_mod, "compress_student", flaky)
+    monkeypatch.setattr(objective_mod, "compress_student", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_study(recipe)
     assert not (recipe.out_path / "summary.json").exists()  # nothing looks complete
@@ -115,7 +117,7 @@ def test_interrupted_trial_is_failed_and_its_slot_rerun(tmp_path, monkeypatch):
 
 
 def test_no_trial_meets_the_service_level(tmp_path, capsys):
-    from compress.study import print_study_summary
+    from compress.report import print_study_summary
 
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=2",
                                                       "search.baselines=false", "slo.p95_ms=0.000001"])
@@ -138,7 +140,7 @@ def test_resuming_with_a_different_recipe_is_refused(tiny_study):
 
 
 def test_a_study_made_before_bf16_auto_resumes(tmp_path, capsys):
-    from compress.search import search_fingerprint
+    from compress.search.study import search_fingerprint
 
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}"])
     study = open_study(recipe)
@@ -181,7 +183,7 @@ def test_missing_front_model_is_a_clear_error(tiny_study, tmp_path):
 
 def test_startup_trials_cover_every_categorical_choice():
     from compress.recipe import recipe_from_dict
-    from compress.search import covering_startup
+    from compress.search.space import covering_startup
 
     space = {"student.model": ["teacher", "cnn"], "quantize.enabled": [True, False],
              "quantize.format": ["qdq", "qoperator"], "prune.ratio": {"low": 0.3, "high": 0.8}}
@@ -198,7 +200,7 @@ def test_search_space_is_conditional_on_the_switches():
     import optuna
 
     from compress.recipe import recipe_from_dict
-    from compress.search import suggest
+    from compress.search.space import suggest
 
     space = {"student.width": {"low": 4, "high": 16, "step": 4}, "quantize.format": ["qdq", "qoperator"],
              "student.model": ["teacher", "cnn"], "quantize.enabled": [True, False], "prune.ratio": {"low": 0.3, "high": 0.8}}
@@ -227,7 +229,7 @@ def test_branches_give_each_choice_its_own_subspace():
     import optuna
 
     from compress.recipe import recipe_from_dict, space_choices, with_values
-    from compress.search import covering_startup, suggest
+    from compress.search.space import covering_startup, suggest
 
     recipe = recipe_from_dict({"name": "x", "prune": {"enabled": True}, "quantize": {"enabled": True},
                                "search": {"startup_trials": 4, "space": BRANCHED}})
@@ -274,7 +276,7 @@ def test_enqueued_candidates_come_first_and_are_checked_against_the_space():
     """search.enqueue: the named candidates are the first trials' parameters, before the covering grid; a name
     or value the space does not have, or a branch's parameter without its branch, is a clear error."""
     from compress.recipe import recipe_from_dict
-    from compress.search import covering_startup
+    from compress.search.space import covering_startup
 
     point = {"student.model": "cnn", "cnn/student.width": 12, "distill.alpha": 0.9}
     search = {"startup_trials": 4, "space": BRANCHED, "enqueue": [point]}
@@ -304,10 +306,10 @@ def test_enqueued_candidates_come_first_and_are_checked_against_the_space():
 def test_a_baseline_that_cannot_be_built_is_reported_not_fatal(tmp_path, monkeypatch, capfd):
     """An int8 baseline failing its parity gate (as on CPUs without VNNI) leaves the report intact; the other
     two train side by side (search.finish_processes), each in a process of its own."""
-    import compress.baselines as bl
+    from compress.search import baselines as bl
     from compress.errors import ParityError
     from compress.recipe import load_recipe
-    from compress.study import run_study
+    from compress.search.run import run_study
 
     def fails(*args, **kwargs):
         raise ParityError("int8 top-1 agreement with PyTorch is 0.9400")
@@ -332,15 +334,15 @@ def test_the_student_without_kd_is_built_for_the_artifact_the_final_measurement_
     another member, and the baseline that tells what KD was worth must be that member's architecture."""
     import dataclasses
 
-    import compress.study as study_mod
+    from compress.search import finish as finish_mod
     from compress.recipe import load_recipe
-    from compress.study import run_study
+    from compress.search.run import run_study
 
     recipe = load_recipe("recipes/tiny_search.yaml", [
         f"output_dir={tmp_path}", "search.n_trials=3", "capacity.enabled=false", "search.baseline_finetune.epochs=0",
         "slo.p95_ms=1000", "latency.max_seconds=0.1", "latency.min_runs=20",
         "search.space={student.width: [4, 12], distill.temperature: {low: 2.0, high: 6.0}}"])
-    import compress.search as search_mod
+    from compress.search import objective as objective_mod
     from pathlib import Path
 
     def by_size(real):  # a bigger file is slower: the front does not hang on this machine's timing noise
@@ -350,14 +352,14 @@ def test_the_student_without_kd_is_built_for_the_artifact_the_final_measurement_
                                        p95_ci95_ms=(ms, ms))
         return measure
 
-    monkeypatch.setattr(search_mod, "measure", by_size(search_mod.measure))
-    monkeypatch.setattr(study_mod, "measure", by_size(study_mod.measure))
+    monkeypatch.setattr(objective_mod, "measure", by_size(objective_mod.measure))
+    monkeypatch.setattr(finish_mod, "measure", by_size(finish_mod.measure))
     run_study(recipe)
     front = json.loads((recipe.out_path / "pareto.json").read_text())["front"]
     widths = {r["params"]["student.width"] for r in front}
     assert widths == {4, 12}, f"the 12-wide student should be slower and more accurate than the 4-wide: {front}"
     favourite = max(front, key=lambda r: r["val_accuracy"])
-    real = study_mod.measure
+    real = finish_mod.measure
 
     def slow_favourite(path, *args, **kwargs):
         stats = real(path, *args, **kwargs)
@@ -365,7 +367,7 @@ def test_the_student_without_kd_is_built_for_the_artifact_the_final_measurement_
             return dataclasses.replace(stats, p95_ms=2000.0, p95_ci95_ms=(1990.0, 2010.0))
         return stats
 
-    monkeypatch.setattr(study_mod, "measure", slow_favourite)
+    monkeypatch.setattr(finish_mod, "measure", slow_favourite)
     summary = run_study(recipe, report_only=True)
     assert summary["chosen_trial"] != favourite["trial"]
     no_kd, artifact = summary["baselines"]["student_no_kd"], summary["artifact"]
@@ -378,7 +380,7 @@ def test_a_candidate_too_slow_untrained_is_timed_and_not_trained(tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a candidate that misses the service level untrained was trained")
 
-    monkeypatch.setattr(search_mod, "compress_student", no_training)
+    monkeypatch.setattr(objective_mod, "compress_student", no_training)
     recipe = load_recipe("recipes/tiny_search.yaml", [
         f"output_dir={tmp_path}", "search.n_trials=3", "search.baselines=false", "search.skip_slow=true",
         "slo.p95_ms=0.000001", "capacity.enabled=false", "latency.max_seconds=0.1"])
@@ -425,14 +427,14 @@ def test_a_probe_that_misses_the_service_level_narrowly_is_timed_in_a_second_win
     decides: one slow window does not cost a good candidate its training. A clear miss or a pass is timed once."""
     import dataclasses
 
-    import compress.latency as latency
+    import compress.pipeline as pipeline
     from compress.pipeline import RECHECK_BELOW, probe_latency
     from compress.recipe import load_recipe as load
     from compress.teacher import load_teacher
 
     recipe = load("recipes/tiny_search.yaml", ["latency.max_seconds=0.1", "slo.p95_ms=0.25"])
     teacher, _ = load_teacher(recipe.teacher, tiny_data.spec)
-    real = latency.measure
+    real = pipeline.measure
 
     def windows_of(*p95s):
         reads = iter(p95s)
@@ -444,7 +446,7 @@ def test_a_probe_that_misses_the_service_level_narrowly_is_timed_in_a_second_win
 
     for reads, calls, kept in [((0.32, 0.20), 2, 0.20), ((0.32, 0.35), 2, 0.32),
                                ((RECHECK_BELOW * 0.25 * 1.1,), 1, RECHECK_BELOW * 0.25 * 1.1), ((0.2,), 1, 0.2)]:
-        monkeypatch.setattr(latency, "measure", windows_of(*reads))
+        monkeypatch.setattr(pipeline, "measure", windows_of(*reads))
         seen: list[float] = []
         stats = probe_latency(recipe, tiny_data, teacher, tmp_path, windows=seen)
         assert seen == list(reads[:calls]) and stats.p95_ms == kept
@@ -455,7 +457,7 @@ def test_a_study_with_some_candidates_too_slow_untrained_reports_the_others(tmp_
     plots, and the report is written from the trained ones."""
     import dataclasses
 
-    real = search_mod.probe_latency
+    real = objective_mod.probe_latency
     calls = {"n": 0}
 
     def first_too_slow(*args, **kwargs):
@@ -463,7 +465,7 @@ def test_a_study_with_some_candidates_too_slow_untrained_reports_the_others(tmp_
         calls["n"] += 1
         return dataclasses.replace(stats, p95_ms=50.0, p95_ci95_ms=(40.0, 60.0)) if calls["n"] == 1 else stats
 
-    monkeypatch.setattr(search_mod, "probe_latency", first_too_slow)
+    monkeypatch.setattr(objective_mod, "probe_latency", first_too_slow)
     recipe = load_recipe("recipes/tiny_search.yaml", [
         f"output_dir={tmp_path}", "search.n_trials=3", "search.baselines=false", "search.skip_slow=true",
         "slo.p95_ms=10", "capacity.enabled=false", "latency.max_seconds=0.1", "distill.train.epochs=1"])
@@ -488,7 +490,7 @@ class _Neighbours:
 def _watch_builds(monkeypatch) -> tuple[list, list]:
     """Which builds start in a process of their own while waiting ((names, (processes, threads)) per start),
     and which the report asks ``build_all`` for (names per call)."""
-    import compress.baselines as bl
+    from compress.search import baselines as bl
 
     started, reported = [], []
     real_build_all = bl.build_all
@@ -512,7 +514,7 @@ def test_the_student_without_kd_is_started_while_the_other_workers_finish(tmp_pa
     the trial the search's numbers choose meanwhile, in a process of its own on its share of the cores; the
     report trains the pruned and the int8 teacher beside that process (not after it: the default study's tail
     took 4.8 min one after the other), and waits for it."""
-    import compress.baselines as bl
+    from compress.search import baselines as bl
 
     recipe = load_recipe("recipes/tiny_search.yaml", [f"output_dir={tmp_path}", "search.n_trials=1",
                                                        "capacity.enabled=false"])
@@ -529,8 +531,8 @@ def test_a_student_without_kd_started_for_another_trial_than_the_chosen_one_is_r
     """The no-KD student started while waiting is the trial the search's numbers choose; when the final
     measurement chooses another (a p95 moved across the service level), that one's is trained instead, and the
     baseline compared is the chosen artifact's architecture."""
-    import compress.baselines as bl
-    import compress.study as study_mod
+    from compress.search import baselines as bl
+    from compress.search import run as run_mod
 
     recipe = load_recipe("recipes/tiny_search.yaml", [
         f"output_dir={tmp_path}", "search.n_trials=2", "capacity.enabled=false", "search.baseline_finetune.epochs=0",
@@ -538,7 +540,7 @@ def test_a_student_without_kd_started_for_another_trial_than_the_chosen_one_is_r
         "search.space={student.width: [4, 12], distill.temperature: {low: 2.0, high: 6.0}}",
         "search.enqueue=[{student.width: 4}, {student.width: 12}]"])
     monkeypatch.setattr(bl, "CACHE_DIR", tmp_path / "cache")
-    real_choose, guessed = study_mod._choose, []
+    real_choose, guessed = run_mod.choose, []
 
     def choose(records):  # the search's numbers choose the trial the final measurement will not
         if not guessed:
@@ -546,7 +548,7 @@ def test_a_student_without_kd_started_for_another_trial_than_the_chosen_one_is_r
             return guessed[0]
         return real_choose(records)
 
-    monkeypatch.setattr(study_mod, "_choose", choose)
+    monkeypatch.setattr(run_mod, "choose", choose)
     started, reported = _watch_builds(monkeypatch)
     summary = run_study(recipe, workers=_Neighbours())
     assert started == [(["student_no_kd"], (1, 1))] and summary["chosen_trial"] != guessed[0]["trial"]
@@ -565,7 +567,7 @@ def test_a_candidate_with_no_training_is_finished_even_when_too_slow(tmp_path, m
     def no_probe(*args, **kwargs):
         raise AssertionError("a candidate that needs no training was timed to decide whether to train it")
 
-    monkeypatch.setattr(search_mod, "probe_latency", no_probe)
+    monkeypatch.setattr(objective_mod, "probe_latency", no_probe)
     base = load_recipe("recipes/tiny_search.yaml", [
         f"output_dir={tmp_path}", "search.n_trials=1", "search.baselines=false", "search.skip_slow=true",
         "slo.p95_ms=0.000001", "capacity.enabled=false", "latency.max_seconds=0.1", "student.model=teacher",
@@ -584,7 +586,7 @@ def test_a_candidate_with_no_training_is_finished_even_when_too_slow(tmp_path, m
 def test_a_baseline_a_trial_made_already_is_copied_from_it(tmp_path, monkeypatch):
     """The int8 teacher baseline is the teacher as it is, quantized: a trial that made that same model hands it
     over instead of it being made again (and so does the no-KD student of such a trial: nothing is trained)."""
-    import compress.baselines as bl
+    from compress.search import baselines as bl
     from compress.io import sha256_file
     from compress.pipeline import trains
     from compress.recipe import recipe_from_dict

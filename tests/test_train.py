@@ -105,14 +105,14 @@ def test_a_warm_restart_stopped_after_its_first_cycle_is_the_short_schedule(tiny
 
 
 def test_a_restart_schedule_is_two_cycles_each_with_its_own_warm_up_and_decay():
-    from compress.train import _schedule
+    from compress.train import lr_schedule
 
-    f = _schedule(TrainConfig(epochs=4, restart_epochs=1, warmup_epochs=0.5), steps_per_epoch=10)
+    f = lr_schedule(TrainConfig(epochs=4, restart_epochs=1, warmup_epochs=0.5), steps_per_epoch=10)
     lr = [f(s) for s in range(40)]
     assert lr[4] == 1.0 and lr[9] < 0.1  # the first cycle: 5 warm-up steps, then cosine towards 0 in epoch 1
     assert lr[10] == pytest.approx(0.2) and lr[14] == 1.0 and lr[39] < 0.01  # the second: warm-up again
     # Without a restart: one warm-up, one cosine over the 40 steps, as before restarts existed.
-    plain = _schedule(TrainConfig(epochs=4, warmup_epochs=0.5), steps_per_epoch=10)
+    plain = lr_schedule(TrainConfig(epochs=4, warmup_epochs=0.5), steps_per_epoch=10)
     assert [plain(s) for s in range(40)] == [(s + 1) / 5 if s < 5 else 0.5 * (1 + math.cos(math.pi * (s - 5) / 35))
                                              for s in range(40)]
 

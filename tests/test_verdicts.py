@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.verdicts import (accuracy_ci95, baseline_verdict, compare, front_hypervolume, hypervolume,
+from compress.measure.verdicts import (accuracy_ci95, baseline_verdict, compare, front_hypervolume, hypervolume,
                                mcnemar)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

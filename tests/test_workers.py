@@ -260,7 +260,7 @@ def test_busy_seconds_is_the_union_of_trial_intervals():
     from datetime import datetime, timezone
     from types import SimpleNamespace
 
-    from compress.workers import busy_seconds
+    from compress.search.budget import busy_seconds
 
     def t(a, b):
         at = lambda s: datetime.fromtimestamp(1000 + s, tz=timezone.utc)  # noqa: E731
@@ -275,7 +275,7 @@ def test_progress_eta_ends_at_the_time_budget(monkeypatch, capsys):
     import re
     from types import SimpleNamespace
 
-    from compress import workers
+    from compress.search import workers
 
     done = [SimpleNamespace(number=0, state=TrialState.COMPLETE, user_attrs={"untrained": True}, values=[0.0, 0.8])]
     study = SimpleNamespace(get_trials=lambda deepcopy=False: done)

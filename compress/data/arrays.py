@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.data.raw import RawData
 from compress.errors import DatasetError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -64,7 +65,6 @@ def to_raw(x, y, where: str) -> tuple[str, torch.Tensor, torch.Tensor]:
 
 def from_splits(parts: dict, where: str, labels=None, description: str = ""):
     """RawData from {'train': (x, y), 'val': (x, y) or None, 'test': (x, y)}, checking the splits agree."""
-    from compress.data import RawData
 
     out, kinds = {}, set()
     for name in ("train", "val", "test"):

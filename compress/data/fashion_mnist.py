@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from compress.data.raw import RawData
 from compress.errors import DatasetError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -54,7 +55,6 @@ def _read(root: Path):
 
 
 def load(cfg):
-    from compress.data import RawData
 
     train, test = _read(Path(cfg.root) if cfg.root else CACHE_DIR)
     return RawData("image", (train.data.unsqueeze(1), train.targets), None, (test.data.unsqueeze(1), test.targets),

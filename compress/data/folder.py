@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.data.raw import LazyImages, RawData, geometry, open_image, take
 from compress.errors import DatasetError
 
 
@@ -28,24 +29,7 @@ def _tree(path: str):
         raise DatasetError(f"image folder {path}: {err}; expected one sub-folder of images per class") from None
 
 
-def _image(path: str, fn):
-    """``fn(PIL image)`` for the image file at ``path``; an unreadable file is named."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return fn(img)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DatasetError(f"{path}: not a readable image ({type(err).__name__}: {err}); remove or replace it") from None
-
-
-def read_image(path: str, spec) -> np.ndarray:
-    """One image file as the model's uint8 C x H x W pixels (a streamed dataset's reader)."""
-    return _image(path, spec.prepare_image)
-
-
 def _lazy(tree, geometry, workers: int):
-    from compress.data import LazyImages
 
     return LazyImages([p for p, _ in tree.samples], geometry, workers), torch.tensor([y for _, y in tree.samples])
 
@@ -56,13 +40,12 @@ def _read(tree, geometry) -> tuple[torch.Tensor, torch.Tensor]:
     xs = np.empty((len(tree.samples), *geometry.shape), dtype=np.uint8)
     ys = np.empty(len(tree.samples), dtype=np.int64)
     for i, (p, y) in enumerate(tqdm(tree.samples, desc=f"reading {tree.root}", leave=False, mininterval=2.0, disable=None)):
-        xs[i] = _image(p, geometry.prepare_image)
+        xs[i] = open_image(p, geometry.prepare_image)
         ys[i] = y
     return torch.from_numpy(xs), torch.from_numpy(ys)
 
 
 def load(cfg):
-    from compress.data import RawData, geometry
 
     trees = {"train": _tree(cfg.train_dir or cfg.root)}
     if cfg.train_dir:
@@ -74,13 +57,12 @@ def load(cfg):
         if t.classes != classes:
             raise DatasetError(f"image folder {t.root}: classes {t.classes} differ from the training tree's {classes}; "
                                "every split needs the same class folders")
-    mode, (width, height) = _image(trees["train"].samples[0][0], lambda img: (img.mode, img.size))
+    mode, (width, height) = open_image(trees["train"].samples[0][0], lambda img: (img.mode, img.size))
     geo = geometry(cfg, 1 if mode in ("L", "1", "I", "I;16", "F") else 3, height, width)
     n_bytes = sum(len(t.samples) for t in trees.values()) * int(np.prod(geo.shape))
     stream = cfg.stream if cfg.stream is not None else n_bytes > cfg.max_memory_mb * 2**20
     parts = {k: _lazy(t, geo, cfg.workers) if stream else _read(t, geo) for k, t in trees.items()}
     if "test" not in parts:  # one tree: hold out the test split, seeded and fixed
-        from compress.data import take
 
         x, y = parts["train"]
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed + 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from compress.data.raw import RawData, geometry
 from compress.errors import DatasetError
 
 
@@ -42,7 +43,6 @@ def _to_arrays(ds, geometry) -> tuple[torch.Tensor, torch.Tensor]:
 def load(cfg):
     import torchvision.datasets as tvd
 
-    from compress.data import RawData, geometry
 
     cls = getattr(tvd, cfg.name, None)
     if cls is None or not isinstance(cls, type):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.handoff.common import FORMAT, IDX_SOURCE, _session, manifest_sha256
+from compress.handoff.common import FORMAT, IDX_SOURCE, open_session, manifest_sha256
 from compress.io import fault, publish, sha256_file, staging_dir, write_json_atomic, write_text_atomic
 from compress.spec import INPUT_NAME, OUTPUT_NAME, InputSpec
 
@@ -130,7 +130,7 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, test: tuple[np.n
     samples.mkdir()
     x = spec.normalize(head).astype(np.float32)
     np.save(samples / "inputs.npy", x)
-    np.save(samples / "outputs.npy", _session(model_src).run(None, {INPUT_NAME: x})[0])
+    np.save(samples / "outputs.npy", open_session(model_src).run(None, {INPUT_NAME: x})[0])
     np.save(samples / "labels.npy", labels[:N_SAMPLES])
     _write_samples(samples, spec, head)
     name = manifest["name"].replace(".", "_")
@@ -154,7 +154,7 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, test: tuple[np.n
     return folder
 
 
-def _hardware_note(m: dict) -> list[str]:
+def hardware_note(m: dict) -> list[str]:
     """int8 made with 8-bit weights on a VNNI CPU can saturate on CPUs without VNNI: say so where it applies."""
     flags = set(m.get("machine", {}).get("flags", []))
     if "int8" not in m.get("format_note", "") or "7-bit" in m.get("format_note", ""):
@@ -205,7 +205,7 @@ def _card(m: dict, spec: InputSpec) -> str:
         f"- Output `{m['output']['name']}`: shape {m['output']['shape']}, {m['output']['meaning']}.",
         "- Labels (output index order): " + ", ".join(f"{i} {n}" for i, n in enumerate(m["labels"])), "",
         "Check a copy before serving it: `compress verify DIR` (needs only onnxruntime and numpy). "
-        f"Try it: `compress predict DIR {example}`.", "", *_hardware_note(m),
+        f"Try it: `compress predict DIR {example}`.", "", *hardware_note(m),
         "## Accuracy", "",
         "| | validation | test |", "| --- | ---: | ---: |",
         f"| this model | {_pct(met['val_accuracy'])} | {_pct(met['test_accuracy'])}{_ci(met.get('test_accuracy_ci95'))} |",

@@ -11,6 +11,7 @@ import numpy as np
 
 from compress.errors import BundleError
 from compress.spec import INPUT_NAME, InputSpec
+from compress.measure.latency import make_session
 
 FORMAT = "compress-bundle/2"
 FORMAT_V1 = "compress-bundle/1"  # Fashion-MNIST only, no spec record, manifest not covered by a digest
@@ -42,11 +43,10 @@ def manifest_sha256(m: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _session(path: Path, threads: int = 1):
-    from compress.latency import make_session
+def open_session(path: Path, threads: int = 1):
 
     return make_session(path, threads)
 
 
-def _logits(sess, x: np.ndarray, batch: int = 500) -> np.ndarray:
+def batched_logits(sess, x: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + batch]})[0] for i in range(0, len(x), batch)])

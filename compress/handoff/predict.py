@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import BundleError
-from compress.handoff.common import _logits, _session, bundle_spec
+from compress.handoff.common import batched_logits, open_session, bundle_spec
 from compress.handoff.verify import load_manifest, manifest_problems
 from compress.spec import InputSpec
 
@@ -131,11 +131,11 @@ def predict(folder: str | Path, inputs: list[str]) -> list[dict]:
     folder = Path(folder)
     m = load_manifest(folder)
     x, names = load_inputs(inputs, bundle_spec(m))
-    sess = _session(folder / "model.onnx")
+    sess = open_session(folder / "model.onnx")
     edited = manifest_problems(m, sess)
     if edited:  # the labels printed would not be the model's
         raise BundleError(f"{folder}: {edited[0]}; run `compress verify {folder}`")
-    logits = _logits(sess, x)
+    logits = batched_logits(sess, x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
     return [{"input": n, "label": m["labels"][int(p.argmax())], "index": int(p.argmax()),

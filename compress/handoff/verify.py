@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import BundleError
-from compress.handoff.common import FORMAT_V1, IDX_SOURCE, READABLE, _logits, _session, bundle_spec, manifest_sha256
+from compress.handoff.common import FORMAT_V1, IDX_SOURCE, READABLE, batched_logits, open_session, bundle_spec, manifest_sha256
 from compress.io import sha256_file
 from compress.spec import InputSpec
+from compress.measure.latency import environment
+from compress.measure.latency import measure
 
 SAMPLE_TOLERANCE = 1e-4  # same model, same runtime family: outputs agree far tighter than this
 ACCURACY_TOLERANCE = 0.001  # or one sample, on small test splits: one borderline flip is not a broken model
@@ -63,7 +65,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _find_test_set(root: Path | None) -> tuple[np.ndarray, np.ndarray, Path] | None:
+def find_test_set(root: Path | None) -> tuple[np.ndarray, np.ndarray, Path] | None:
     for base in [p for p in [root, Path(".data/FashionMNIST/raw"), Path("/usr/share/datasets/fashion-mnist")] if p]:
         for suffix in ("", ".gz"):
             img, lab = base / f"t10k-images-idx3-ubyte{suffix}", base / f"t10k-labels-idx1-ubyte{suffix}"
@@ -80,7 +82,7 @@ def _test_split(folder: Path, m: dict, spec: InputSpec, data_root: str | None, b
         with np.load(folder / "samples" / "test.npz", allow_pickle=False) as z:
             return z["x"], z["y"], "bundled test samples"
     if spec.source.startswith(IDX_SOURCE):
-        found = _find_test_set(Path(data_root) if data_root else None)
+        found = find_test_set(Path(data_root) if data_root else None)
         if found is None:
             return None, None, "Fashion-MNIST test set not found here (pass --data DIR with the t10k IDX files)"
         images, labels, where = found
@@ -119,7 +121,7 @@ def verify(folder: str | Path, *, data_root: str | None = None, latency_seconds:
     if "model.onnx" in bad:
         say("\n".join(f"  FAIL {p}" for p in problems))
         return problems
-    sess = _session(folder / "model.onnx")
+    sess = open_session(folder / "model.onnx")
     edited = manifest_problems(m, sess)
     problems += edited
     say(f"manifest: {'EDITED after the bundle was written' if edited else 'matches the model metadata'}")
@@ -128,7 +130,7 @@ def verify(folder: str | Path, *, data_root: str | None = None, latency_seconds:
     else:
         x = np.load(folder / "samples" / "inputs.npy")
         want = np.load(folder / "samples" / "outputs.npy")
-        got = _logits(sess, x)
+        got = batched_logits(sess, x)
         diff = float(np.abs(got - want).max())
         if diff > SAMPLE_TOLERANCE or (got.argmax(1) != want.argmax(1)).any():
             problems.append(f"samples: outputs differ from the recorded ones (max abs diff {diff:.2e} > "
@@ -138,13 +140,13 @@ def verify(folder: str | Path, *, data_root: str | None = None, latency_seconds:
     raw, labels, where = _test_split(folder, m, spec, data_root, bad)
     card, size = m["metrics"]["test_accuracy"], m["metrics"].get("test_size")
     if raw is not None:
-        acc = float((_logits(sess, spec.normalize(raw)).argmax(1) == labels).mean())
+        acc = float((batched_logits(sess, spec.normalize(raw)).argmax(1) == labels).mean())
         say(f"test accuracy here: {100 * acc:.2f}% on {len(labels)} {where}   card: {100 * card:.2f}%")
         if abs(acc - card) > max(ACCURACY_TOLERANCE, 1 / len(labels)) and len(labels) == size:
             problems.append(f"test accuracy {acc:.4f} on {len(labels)} {where} differs from the card's {card:.4f}")
     elif "samples/labels.npy" in m["files"] and not {"samples/labels.npy", "samples/inputs.npy"} & bad:
         y = np.load(folder / "samples" / "labels.npy")
-        right = int((_logits(sess, np.load(folder / "samples" / "inputs.npy")).argmax(1) == y).sum())
+        right = int((batched_logits(sess, np.load(folder / "samples" / "inputs.npy")).argmax(1) == y).sum())
         say(f"test accuracy here: on the samples only: {right}/{len(y)} correct; {where}   "
             f"card: {100 * card:.2f}% on {size}")
     else:
@@ -162,7 +164,6 @@ def _int8_hint(m: dict, problems: list[str]) -> str | None:
     AVX2) add pairs of products in 16 bits, which saturate; the card's machine had VNNI."""
     if "int8" not in m.get("format_note", "") or not any(p.startswith(("samples", "test accuracy")) for p in problems):
         return None
-    from compress.latency import environment
 
     here, there = set(environment()["flags"]), set(m.get("machine", {}).get("flags", []))
     if there & set(VNNI) and not here & set(VNNI):
@@ -176,7 +177,6 @@ def _int8_hint(m: dict, problems: list[str]) -> str | None:
 def _say_latency(folder: Path, m: dict, seconds: float, say) -> None:
     from types import SimpleNamespace
 
-    from compress.latency import measure
 
     lat = m["latency"]
     protocol = SimpleNamespace(warmup_runs=50, min_runs=200, max_runs=5000, max_seconds=seconds)

@@ -16,46 +16,9 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from compress.errors import RecipeError
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_INPUTS: dict[str, str] = {}  # family -> "image", "vector" or "any" (an image is flattened into a vector)
-
-
-def register_model(name: str, inputs: str = "image"):
-    def deco(fn: Callable[..., nn.Module]):
-        if name in _REGISTRY:
-            raise ValueError(f"model family {name!r} registered twice")
-        _REGISTRY[name] = fn
-        _INPUTS[name] = inputs
-        return fn
-
-    return deco
-
-
-def list_models(inputs: str | None = None) -> list[str]:
-    return sorted(n for n in _REGISTRY if inputs is None or _INPUTS[n] in (inputs, "any"))
-
-
-def family_inputs(name: str) -> str:
-    return _INPUTS[name]
-
-
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model family; ``tv:<arch>`` builds a torchvision architecture."""
-    if name.startswith("tv:"):
-        from compress.models.torchvision_adapter import create_torchvision
-
-        return create_torchvision(name[3:], **kwargs)
-    if name not in _REGISTRY:
-        raise KeyError(
-            f"unknown model family {name!r}; registered: {', '.join(list_models())}, "
-            "or 'tv:<torchvision architecture>' such as 'tv:resnet18'"
-        )
-    return _REGISTRY[name](**kwargs)
-
-
-# Registrations (import for side effect).
-from compress.models import resnet, cnn, mlp  # noqa: E402,F401
+from compress.models import cnn, mlp, resnet  # noqa: F401 (registrations)
+from compress.models.registry import INPUTS, REGISTRY, create_model, family_inputs, list_models, register_model  # noqa: F401
+from compress.imports import import_object, is_import_path
 
 
 def _data_args(spec) -> dict[str, int]:
@@ -72,7 +35,6 @@ def _takes(fn: Callable) -> tuple[set[str], bool]:
 def takes_argument(name: str, arg: str) -> bool:
     """Whether family ``name`` has a constructor argument ``arg`` (torchvision architectures: their own
     keyword arguments are not inspected, so only the data arguments count)."""
-    from compress.imports import import_object, is_import_path
 
     if name.startswith("tv:"):
         return arg in ("num_classes", "in_channels")
@@ -81,14 +43,13 @@ def takes_argument(name: str, arg: str) -> bool:
             return arg in _takes(import_object(name, "student.model"))[0]
         except RecipeError:
             return False  # build_model names the import error
-    return name in _REGISTRY and arg in _takes(_REGISTRY[name])[0]
+    return name in REGISTRY and arg in _takes(REGISTRY[name])[0]
 
 
 def build_model(name: str, spec, kwargs: dict[str, Any] | None = None, field: str = "student.model") -> nn.Module:
     """A model of family ``name`` for inputs described by ``spec`` (an ``InputSpec``): the data's class
     count and channels (or feature count) are passed where the family takes them, ``kwargs`` as given.
     Every mistake is a RecipeError naming the field, the family and the fix."""
-    from compress.imports import import_object, is_import_path
 
     kwargs = dict(kwargs or {})
     data = _data_args(spec)
@@ -103,10 +64,10 @@ def build_model(name: str, spec, kwargs: dict[str, Any] | None = None, field: st
         from compress.models.torchvision_adapter import create_torchvision as fn
 
         args = {k: data[k] for k in ("num_classes", "in_channels")}
-    elif name in _REGISTRY:
-        fn = _REGISTRY[name]
-        if _INPUTS[name] not in (spec.kind, "any"):
-            raise RecipeError(f"{field} = {name!r}: this family takes {_INPUTS[name]}s, and these data are "
+    elif name in REGISTRY:
+        fn = REGISTRY[name]
+        if INPUTS[name] not in (spec.kind, "any"):
+            raise RecipeError(f"{field} = {name!r}: this family takes {INPUTS[name]}s, and these data are "
                               f"{spec.kind}s; families for {spec.kind}s: {', '.join(list_models(spec.kind))}, or "
                               "an import path package.module:factory")
         names, _ = _takes(fn)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from compress.models import register_model
+from compress.models.registry import register_model
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from compress.models import register_model
+from compress.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

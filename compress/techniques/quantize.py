@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.hostlock import batch
+from compress.measure.hostlock import batch
 from compress.recipe import QuantizeConfig
+from compress.export import INPUT_NAME
+from compress.measure.latency import environment
 
 CALIBRATION_BATCH = 64
 FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # recipe value -> ONNX Runtime's QuantFormat member
@@ -25,7 +27,7 @@ FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # recipe value -> ONNX 
 class _Reader:
     """An onnxruntime CalibrationDataReader over an in-memory array. ONNX Runtime runs each batch it hands out
     on every core before it asks for the next: that run is held as a batch of heavy work
-    (``compress.hostlock.batch``), so a neighbour's latency measurement waits for it instead of sharing the
+    (``compress.measure.hostlock.batch``), so a neighbour's latency measurement waits for it instead of sharing the
     cores with it (beside a worker calibrating the default teacher, a model of the 0.5-pruned teacher's shape
     read p95 4.3-4.6 ms instead of 0.3-0.4 in 2-4 of 10 measurements: results/calibration_neighbour.json)."""
 
@@ -49,7 +51,6 @@ def reduce_range(cfg: QuantizeConfig) -> bool:
     """``quantize.reduce_range``, resolved: None is on exactly when this CPU has no VNNI instructions."""
     if cfg.reduce_range is not None:
         return cfg.reduce_range
-    from compress.latency import environment
 
     return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(environment()["flags"])
 
@@ -58,7 +59,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from compress.export import INPUT_NAME
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]

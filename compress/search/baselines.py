@@ -10,21 +10,28 @@ the recipe, not the study's name, service level or budget), so the next study th
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import os
 import shutil
+import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import torch
+import torch.multiprocessing as tmp
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
 from compress.errors import CompressError, TargetError
 from compress.io import copy_atomic, read_json, sha256_file, write_json_atomic
-from compress.latency import backend_for
+from compress.measure.latency import backend_for
 from compress.pipeline import TEACHER_FAMILY, Stage, compress_student, evaluated, trains
 from compress.recipe import Recipe, fingerprint_of, with_values
-
+from compress.teacher import load_teacher
+from compress.techniques.quantize import reduce_range
+from compress.train import native_bf16, resolve_device
 
 CACHE_DIR = Path(".cache/baselines")
 # The recipe sections that make a baseline's model; the rest (name, search budget, service level, latency
@@ -81,8 +88,6 @@ def _cached(folder: Path, keys: list[dict], build, label: str, cache: Path) -> S
 def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
     """What makes the model ``compress_student(r, ...)`` returns: the model-making sections, the data and
     teacher actually loaded, and what this machine resolves (bf16: auto, quantize.reduce_range: None)."""
-    from compress.techniques.quantize import reduce_range
-    from compress.train import native_bf16, resolve_device
 
     full = r.to_dict()
     # bf16: auto as each schedule's own device resolves it (one flag, as before, when both train on one device)
@@ -176,7 +181,6 @@ def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dic
         if meanwhile is not None:
             meanwhile()
         return {b.name: done[b.name] for b in builds}
-    import torch
 
     processes = min(processes, len(todo))
     threads = max(1, torch.get_num_threads() // processes)
@@ -191,9 +195,7 @@ class SideBySide:
     ``results`` waits for them: each one's Stage, or the CompressError that stopped it."""
 
     def __init__(self, builds: list[Build], data: Dataset, tinfo: dict, processes: int, threads: int):
-        import concurrent.futures as cf
 
-        import torch.multiprocessing as tmp
 
         self.pool = cf.ProcessPoolExecutor(processes, mp_context=tmp.get_context("spawn"), initializer=_child_init,
                                            initargs=(data, tinfo, threads))
@@ -221,8 +223,6 @@ class SideBySide:
 
     def results(self, meanwhile=None) -> dict[str, Stage | CompressError]:
         """``meanwhile``: called once the first build ends (its process's cores free while the others go on)."""
-        import concurrent.futures as cf
-        from concurrent.futures.process import BrokenProcessPool
 
         done: dict[str, Stage | CompressError] = {}
         try:
@@ -246,7 +246,6 @@ _child: dict = {}
 
 
 def _child_init(data: Dataset, tinfo: dict, threads: int) -> None:
-    import torch
 
     torch.set_num_threads(threads)
     _child.update(data=data, tinfo=tinfo, teachers={})
@@ -254,9 +253,7 @@ def _child_init(data: Dataset, tinfo: dict, threads: int) -> None:
 
 def _child_build(b: Build) -> Stage:
     """One build in a side-by-side process: its output lines prefixed with its name, no redrawn bars."""
-    import sys
 
-    from compress.teacher import load_teacher
 
     key = b.recipe.teacher.model_dump_json()  # loaded here, not sent: TorchScript and ONNX teachers cannot be pickled
     if key not in _child["teachers"]:

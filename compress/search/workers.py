@@ -18,89 +18,38 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from compress.recipe import Recipe, RecipeError
-from compress.search import (DONE, Objective, artifact_location, constraints, covering_startup, sampler,
-                             search_fingerprint, storage_url)
-from compress.storage import (GRACE_S, HOST, StudyLock, alive, is_connection_error, mask, me, open_storage,
-                              retrying)
+from compress.errors import ParityError
+from compress.recipe import Recipe
+from compress.search.budget import busy_seconds, deadline_near, search_left
+from compress.search.objective import Objective
+from compress.search.records import DONE, constraints
+from compress.search.study import artifact_store, sampler, storage_url
+from compress.storage import (
+    GRACE_S,
+    HOST,
+    StudyLock,
+    alive,
+    is_connection_error,
+    mask,
+    me,
+    retrying,
+)
 
 MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (one that kills its worker would loop)
+
+
 FINISHER_BEAT_S = 10.0
-
-
-def open_study(recipe: Recipe) -> optuna.Study:
-    """Create the study, or load it to resume or to join it; refuses a stored study made by a different recipe."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(recipe)
-    storage = open_storage(url)
-    with StudyLock(url, recipe.name):
-        study = optuna.create_study(storage=storage, sampler=sampler(recipe), study_name=recipe.name,
-                                    directions=["maximize", "minimize"], load_if_exists=True)
-        fp = search_fingerprint(recipe)
-        attrs = study.user_attrs
-        stored = attrs.get("recipe_fingerprint")
-        if stored is None:
-            study.set_user_attr("recipe_fingerprint", fp)
-            public = recipe.to_dict()
-            public["search"]["storage"] = mask(public["search"]["storage"])
-            study.set_user_attr("recipe", public)
-            study.set_user_attr("covering", covering_startup(recipe))  # queued one at a time, by whoever claims next
-            if recipe.search.artifacts:
-                study.set_user_attr("artifact_store", recipe.search.artifacts)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(["val_accuracy", "latency_p95_ms"])
-        elif stored != fp and stored == search_fingerprint(recipe, before_bf16_auto=True):
-            tqdm.write(f"study {recipe.name!r} was made before bf16: auto (its recipe's bf16 then read true): resumed; "
-                       "the trials it adds train with bf16: auto")
-        elif stored != fp:
-            raise RecipeError(
-                f"study {recipe.name!r} in {mask(url)} was made by a different recipe (fingerprint {stored} vs {fp} "
-                "now); resuming would mix trials of two searches. Rename the recipe (name:), pass another --storage, "
-                "or delete the old study to start again.")
-    return study
-
-
-def artifact_store(recipe: Recipe, study: optuna.Study):
-    """The Optuna artifact store: ``--artifacts``, else the one the study was made with, else results/<name>/artifacts.
-    A folder (shared by every worker), ``s3://bucket`` (boto3) or ``gs://bucket`` (google-cloud-storage)."""
-    where = recipe.search.artifacts or study.user_attrs.get("artifact_store") or artifact_location(recipe)
-    if where.startswith("s3://"):
-        from optuna.artifacts import Boto3ArtifactStore
-
-        return Boto3ArtifactStore(where[len("s3://"):].split("/", 1)[0])
-    if where.startswith("gs://"):
-        from optuna.artifacts import GCSArtifactStore
-
-        return GCSArtifactStore(where[len("gs://"):].split("/", 1)[0])
-    from pathlib import Path
-
-    from optuna.artifacts import FileSystemArtifactStore
-
-    Path(where).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(where)
-
-
-def busy_seconds(trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> float:
-    """Time during which at least one trial ran: the union of the trials' intervals. The study's clock for
-    ``search.timeout_s`` and its rate: several workers share it, a pause between two runs is not counted."""
-    now = now or time.time()
-    spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp() if t.datetime_complete else now)
-                   for t in trials if t.datetime_start is not None)
-    total, end = 0.0, float("-inf")
-    for a, b in spans:
-        if b > end:
-            total += b - max(a, end)
-            end = b
-    return total
 
 
 def fail_dead(study: optuna.Study) -> list[int]:
@@ -142,7 +91,7 @@ def requeue_failed(study: optuna.Study) -> list[int]:
     return queued
 
 
-def _queue_covering(study: optuna.Study) -> None:
+def queue_covering(study: optuna.Study) -> None:
     """The next unused covering-grid point, unless a trial is already waiting (a retry goes first)."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
@@ -168,27 +117,6 @@ def budget_left(study: optuna.Study, recipe: Recipe) -> str | None:
     return deadline_near(study, recipe, trials)
 
 
-def deadline_near(study: optuna.Study, recipe: Recipe, trials) -> str | None:
-    """Why no trial starts now under the run's budget (search.wall_time_s), or None: the time left for the
-    search is less than a typical trial of this study takes (compress.deadline)."""
-    from compress.deadline import search_left, typical_trial_s
-
-    left = search_left(study, recipe, trials)
-    if left is None:
-        return None
-    seconds, tail = left
-    if tail is None:  # nothing to predict from before a trial has trained: the study gets its first one anyway
-        return None
-    typical = typical_trial_s(trials)
-    if seconds >= typical:
-        return None
-    rest = (f"the {tail['seconds'] / 60:.1f} min predicted for the rest of the run ("
-            + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in tail["parts"].items()) + ")")
-    w = study.user_attrs["deadline"]["wall_time_s"]
-    return (f"the run's time budget (search.wall_time_s {w:.0f} s): {max(seconds, 0) / 60:.1f} "
-            f"min left for trials after {rest}, less than this study's typical trial ({typical / 60:.1f} min)")
-
-
 class Progress:
     """One line per finished trial with the study-wide count (every worker's trials), its accuracy and p95,
     the best feasible trial so far, the workers running, and an ETA from the study's rate."""
@@ -205,7 +133,6 @@ class Progress:
         eta = per_trial * max(self.target - len(done), 0)
         if self.timeout_s is not None:  # no new trial after the time budget: the search ends by then
             eta = min(eta, max(self.timeout_s - busy, 0.0))
-        from compress.deadline import search_left
 
         left = search_left(study, self.recipe, trials) if self.recipe is not None else None
         if left is not None:  # nor after the run's (search.wall_time_s)
@@ -238,7 +165,6 @@ class Progress:
 def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: dict,
              teacher_val_accuracy: float) -> optuna.Study:
     """Run trials of the study (shared with any other worker) until its budget is spent."""
-    from compress.export import ParityError
 
     url = storage_url(recipe)
     lock = StudyLock(url, recipe.name)
@@ -264,7 +190,7 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
             if spent:
                 tqdm.write(f"no new trial from this worker: {spent}")
                 break
-            retrying(_queue_covering, study)
+            retrying(queue_covering, study)
             study.sampler = sampler(recipe, offset=len(study.get_trials(deepcopy=False)))  # see search.sampler
             try:
                 study.optimize(objective, n_trials=1, catch=(ParityError,), callbacks=[progress])
@@ -278,8 +204,6 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
         attempts += 1
     return study
 
-
-# --- the finisher -------------------------------------------------------------------------------------------
 
 class FinisherClaim:
     """This process holds the right to write the study's report; a thread keeps the claim's beat fresh."""
@@ -348,32 +272,25 @@ def claim_finisher(recipe: Recipe, study: optuna.Study, explicit: bool) -> Finis
     return FinisherClaim(study)
 
 
-
-# --- several workers from one command -----------------------------------------------------------------------
-
 class LocalWorkers:
     """``search.workers`` > 1: this command starts the study's other workers on this machine, each a plain
     ``compress search`` of the same recipe, study and overrides that leaves the report to this process
     (``--no-report``), and shares the cores out: every worker, this one included, trains with cores /
     workers threads until the search ends. On 2 cores two 1-thread trainings made 1.24x (pruned teachers) to
     1.66x (a small CNN) the steps of one 2-thread training (results/train_threads_vnni.json); latency is
-    measured with the neighbours paused (compress.hostlock). Their lines are shown here, prefixed
+    measured with the neighbours paused (compress.measure.hostlock). Their lines are shown here, prefixed
     ``[worker k]``. ``wait()`` (before the report) waits for their last trials and gives this process its
     threads back; leaving the block by an error or Ctrl-C stops them (their running trials are failed and
     queued again by the next claim, as for any dead worker)."""
 
     def __init__(self, argv: list[str], n: int):
-        import torch
 
         self.n, self.argv, self.procs, self.threads = n, argv, [], []
         self.cores = torch.get_num_threads()
         self.per_worker = max(1, self.cores // n)
 
     def __enter__(self) -> "LocalWorkers":
-        import subprocess
-        import sys
 
-        import torch
 
         if self.n <= 1:
             return self
@@ -402,7 +319,6 @@ class LocalWorkers:
 
     def wait(self) -> None:
         """Wait for the other workers to end (each finishes its running trial), then take the cores back."""
-        import torch
 
         for k, (p, t) in enumerate(zip(self.procs, self.threads), start=2):
             rc = p.wait()

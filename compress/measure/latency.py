@@ -24,12 +24,12 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from compress.errors import ModelFileError, TargetError
-from compress.hostlock import measuring
+from compress.measure.hostlock import measuring
 
 if TYPE_CHECKING:  # at run time any object with these fields will do: verify runs without pydantic
     from compress.recipe import LatencyConfig
 
-ROUND = 50  # timed runs per model per interleaving round (fewer when the slowest model is slow; see _round_size)
+ROUND = 50  # timed runs per model per interleaving round (fewer when the slowest model is slow; see round_size)
 ROUND_MS = 120.0  # ... so that a round of the slowest model takes about this long, at least 1 run
 # Untimed runs of a model each time the interleaving switches to it: the first runs after another model
 # ran find its weights out of cache. Timing them would put cold runs into the tail and measure a switching
@@ -176,7 +176,7 @@ class _OrtRunner:
         self.sess.run(None, self.feed)
 
 
-class _TorchRunner:
+class TorchRunner:
     """The ONNX graph rebuilt as a PyTorch module (onnx2torch) and run by PyTorch on ``device``; each call
     waits for the device, so a timing covers the whole inference. fp32 graphs only: PyTorch has no CUDA
     kernels for ONNX's int8 operators."""
@@ -210,7 +210,7 @@ class _TorchRunner:
 def runner(path: str | Path, batch_size: int = 1, threads: int = 1, device: str = "cpu", backend: str | None = None):
     """A zero-argument callable that runs the model once, on ``backend`` (default: ``backend_for(device)``)."""
     backend = backend or backend_for(device)
-    return (_TorchRunner if backend == "torch" else _OrtRunner)(path, batch_size, threads, device)
+    return (TorchRunner if backend == "torch" else _OrtRunner)(path, batch_size, threads, device)
 
 
 def _input_for(sess, batch_size: int) -> dict[str, np.ndarray]:
@@ -234,7 +234,7 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
         runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
         medians = [_warm_up(run, cfg.warmup_runs, max_s=cfg.max_seconds if bounded else None)
                    for run in runners.values()]
-        size = _round_size(medians)
+        size = round_size(medians)
         result: dict[str, LatencyStats] = {}
         for attempt in range(1, (1 if bounded else ATTEMPTS) + 1):
             samples = _timed_rounds(runners, cfg, cfg.max_seconds * len(runners) * attempt, batch_size, threads, size)
@@ -273,7 +273,7 @@ def pinned(threads: int):
         os.sched_setaffinity(0, allowed)
 
 
-def _round_size(medians_ms: list[float]) -> tuple[int, int]:
+def round_size(medians_ms: list[float]) -> tuple[int, int]:
     """(timed runs, re-warm runs) per model per round: ROUND and REWARM, fewer when the slowest model would
     make a round last much longer than ROUND_MS (a 150 ms batch-128 teacher gets 1 + 1)."""
     runs = int(max(1, min(ROUND, ROUND_MS / max(max(medians_ms), 1e-6))))

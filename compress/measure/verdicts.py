@@ -118,3 +118,16 @@ def front_hypervolume(front: list[dict], teacher_p95_ms: float, floor: float = 0
     pts = [(math.log10(teacher_p95_ms / r["latency_p95_ms"]), r["test_accuracy"] - floor) for r in front]
     return {"value": hypervolume(pts), "x": "log10(teacher p95 / member p95)",
             "y": f"test accuracy - {floor:.2f}", "reference_point": [0, 0]}
+
+
+def pareto_indices(points: list[tuple[float, float]], margin: float = 1.0) -> list[int]:
+    """Indices of the non-dominated (accuracy to maximise, latency to minimise) points, fastest first. With
+    ``margin`` > 1 a point is left out only when another is at least as accurate and ``margin`` times as fast:
+    those a measurement that far off could still put on the front."""
+    front = []
+    for i, (acc_i, lat_i) in enumerate(points):
+        dominated = any(acc_j >= acc_i and lat_j * margin <= lat_i and (acc_j > acc_i or lat_j * margin < lat_i)
+                        for j, (acc_j, lat_j) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))

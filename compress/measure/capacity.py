@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from compress.latency import sweep
+from compress.measure.latency import sweep
 from compress.recipe import Recipe
 
 

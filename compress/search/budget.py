@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -31,16 +32,34 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from compress.measure.capacity import default_threads
+from compress.measure.verdicts import pareto_indices
+from compress.pipeline import from_teacher, trains
 from compress.recipe import Recipe
+from compress.search import baselines as bl
+from compress.search.records import (
+    NEAR_FRONT,
+    choose,
+    needs_full,
+    recipe_of,
+    trained,
+    trial_record,
+)
 
 # Per-epoch training seconds ~ MACs ** 0.6 among pruned teachers: the teacher pruned by 0.5 (32.8 MMACs) took
 # 1.84x the per-epoch time of the one pruned by 0.65 (11.6 MMACs), side by side on 2 cores (the study of 1b17e17).
 PACE_EXPONENT = 0.6
+
+
 # An ONNX Runtime session, its warm-up windows and the teacher's test pass between measurements.
 MEASURE_OVERHEAD_S = 1.0
+
+
 # The int8 teacher baseline where no trial made it: calibration, parity check and accuracy, ~0.9 min on one
 # core for the default teacher.
 UNTRAINED_BUILD_S = 60.0
+
+
 # Writing the outputs, the paired tests on per-image results kept by the processes that made the models.
 REPORT_S = 10.0
 
@@ -85,7 +104,6 @@ def duration(t: optuna.trial.FrozenTrial) -> float:
 def epochs_of(r: Recipe) -> int:
     """The epochs the recipe's model trains: a pruned teacher's fine-tuning, a student's distillation and, when
     it is pruned, its fine-tuning."""
-    from compress.pipeline import from_teacher
 
     return r.prune.finetune.epochs if from_teacher(r) else r.distill.train.epochs + (
         r.prune.finetune.epochs if r.prune.enabled else 0)
@@ -93,26 +111,22 @@ def epochs_of(r: Recipe) -> int:
 
 def predict_tail(study: optuna.Study, recipe: Recipe, trials=None) -> dict | None:
     """Seconds the run needs after its search, by part, or None while no trial has trained (or no deadline)."""
-    from compress import baselines as bl
-    from compress.study import NEAR_FRONT, _choose, _needs_full, _trained, _trial_record, recipe_of
-    from compress.report import pareto_indices
-    from compress.pipeline import trains
 
     d = study.user_attrs.get("deadline")
     if not d:
         return None
     frozen = {t.number: t for t in (trials or study.get_trials(deepcopy=False))}
-    complete = _trained([_trial_record(t, Path(".")) for t in frozen.values()])
+    complete = trained([trial_record(t, Path(".")) for t in frozen.values()])
     if not complete:
         return None
-    guess = _choose(complete)
+    guess = choose(complete)
     seconds = {r["trial"]: duration(frozen[r["trial"]]) for r in complete}
     made_by = {r["trial"]: recipe_of(recipe, r) for r in complete}
     # The student without KD: the guessed trial's schedule again; with its full schedule where halving kept it
     # short, which the chosen one then also gets (the rest of it, from its restart state).
     no_kd = seconds[guess["trial"]]
     jobs = []
-    if _needs_full(recipe, guess):
+    if needs_full(recipe, guess):
         short, full = epochs_of(made_by[guess["trial"]]), epochs_of(recipe_of(recipe, {**guess, "overrides": {}}))
         no_kd *= full / short
         jobs.append(seconds[guess["trial"]] * (full - short) / short)
@@ -151,9 +165,7 @@ def predict_tail(study: optuna.Study, recipe: Recipe, trials=None) -> dict | Non
     cap = recipe.capacity
     capacity = 0.0
     if cap.enabled:
-        import os
 
-        from compress.capacity import default_threads
 
         threads = cap.threads or default_threads(os.cpu_count() or 1)
         capacity = (len(front) + 1) * len(cap.batch_sizes) * len(threads) * 2 * cap.max_seconds
@@ -179,3 +191,37 @@ def typical_trial_s(trials) -> float:
     spans = [duration(t) for t in done if t.user_attrs.get("halving", {}).get("promoted") is not True] or [
         duration(t) for t in done]
     return statistics.median(spans) if spans else 0.0
+
+
+def busy_seconds(trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> float:
+    """Time during which at least one trial ran: the union of the trials' intervals. The study's clock for
+    ``search.timeout_s`` and its rate: several workers share it, a pause between two runs is not counted."""
+    now = now or time.time()
+    spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp() if t.datetime_complete else now)
+                   for t in trials if t.datetime_start is not None)
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def deadline_near(study: optuna.Study, recipe: Recipe, trials) -> str | None:
+    """Why no trial starts now under the run's budget (search.wall_time_s), or None: the time left for the
+    search is less than a typical trial of this study takes (compress.deadline)."""
+
+    left = search_left(study, recipe, trials)
+    if left is None:
+        return None
+    seconds, tail = left
+    if tail is None:  # nothing to predict from before a trial has trained: the study gets its first one anyway
+        return None
+    typical = typical_trial_s(trials)
+    if seconds >= typical:
+        return None
+    rest = (f"the {tail['seconds'] / 60:.1f} min predicted for the rest of the run ("
+            + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in tail["parts"].items()) + ")")
+    w = study.user_attrs["deadline"]["wall_time_s"]
+    return (f"the run's time budget (search.wall_time_s {w:.0f} s): {max(seconds, 0) / 60:.1f} "
+            f"min left for trials after {rest}, less than this study's typical trial ({typical / 60:.1f} min)")

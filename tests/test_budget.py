@@ -8,11 +8,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from compress import deadline
+from compress.search import budget
 from compress.recipe import load_recipe, with_values
-from compress.search import rest_overruns, search_fingerprint, short_schedule
-from compress.study import print_study_summary, run_study
-from compress.workers import budget_left
+from compress.search.halving import rest_overruns, short_schedule
+from compress.search.study import search_fingerprint
+from compress.report import print_study_summary
+from compress.search.run import run_study
+from compress.search.workers import budget_left
 
 
 def _recipe(*overrides):
@@ -54,14 +56,14 @@ def test_the_budget_is_not_part_of_the_study():
 def test_the_rest_of_the_run_is_predicted_from_the_studys_own_trials():
     r = _recipe("search.wall_time_s=600")
     study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 40.0, 4, 0.85, 0.05, 500_000))
-    assert deadline.predict_tail(study, r) is None  # no deadline set
-    deadline.begin(study, r, time.time())
+    assert budget.predict_tail(study, r) is None  # no deadline set
+    budget.begin(study, r, time.time())
     # A baseline the search does not decide: 1 epoch of a model 4x the MACs of the nearest trial.
-    deadline.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
+    budget.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
                   processes=2, n_baselines=3)
-    tail = deadline.predict_tail(study, r)
+    tail = budget.predict_tail(study, r)
     assert tail["guess"] == 0  # the most accurate feasible trial: its student without KD takes what it took
-    pruned = 1 * (100.0 / 2) * 4 ** deadline.PACE_EXPONENT  # its pace per epoch, scaled by the MACs ratio
+    pruned = 1 * (100.0 / 2) * 4 ** budget.PACE_EXPONENT  # its pace per epoch, scaled by the MACs ratio
     # Side by side on 2 processes, longest first: the pruned teacher on one, the no-KD student on the other
     # after the first pass of the final measurement (teacher and both trials alone, ~1 s each).
     assert tail["parts"]["training"] == pytest.approx(max(pruned, 100.0 + 3 * 1.0), abs=0.2)
@@ -71,33 +73,33 @@ def test_the_rest_of_the_run_is_predicted_from_the_studys_own_trials():
                                                       * cap.max_seconds)
     assert tail["seconds"] == pytest.approx(sum(tail["parts"].values()))
     # One process after the search: one after another.
-    deadline.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
+    budget.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
                   processes=1, n_baselines=3)
-    assert deadline.predict_tail(study, r)["parts"]["training"] == pytest.approx(pruned + 100.0 + 3.0, abs=0.2)
+    assert budget.predict_tail(study, r)["parts"]["training"] == pytest.approx(pruned + 100.0 + 3.0, abs=0.2)
 
 
 def test_no_trial_starts_that_would_end_after_the_time_the_rest_of_the_run_needs():
     r = _recipe("search.wall_time_s=600", "search.n_trials=30")
     study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 40.0, 4, 0.85, 0.05, 500_000))
     assert budget_left(study, r) is None  # no deadline: the trial budget only
-    deadline.begin(study, r, time.time())
-    deadline.plan(study, [], processes=1, n_baselines=3)
+    budget.begin(study, r, time.time())
+    budget.plan(study, [], processes=1, n_baselines=3)
     assert budget_left(study, r) is None  # 10 minutes, of which ~2 for the rest of the run
-    tail = deadline.predict_tail(study, r)["seconds"]
+    tail = budget.predict_tail(study, r)["seconds"]
     # 60 s left for trials after the rest of the run, less than the median trial (70 s): no new trial.
-    deadline.begin(study, r, time.time() + tail + 60.0 - 600)
+    budget.begin(study, r, time.time() + tail + 60.0 - 600)
     why = budget_left(study, r)
     assert "search.wall_time_s 600 s" in why and "typical trial (1.2 min)" in why
-    deadline.end(study)
+    budget.end(study)
     assert budget_left(study, r) is None
     # Before any trial has trained there is nothing to predict from: the first trial starts whatever the budget.
     empty = _study()
-    deadline.begin(empty, r, time.time() - 600)
+    budget.begin(empty, r, time.time() - 600)
     assert budget_left(empty, r) is None
 
 
 def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
-    from compress import workers
+    from compress.search import halving
 
     r = _recipe("search.halving.enabled=true", "distill.train.epochs=8", "search.wall_time_s=600")
     cnn = with_values(r, {"prune.enabled": False})
@@ -106,10 +108,10 @@ def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
     # is at epoch 2.
     study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 30.0, 4, 0.80, 0.05, 500_000,
                                                                         {"distill.train.epochs": 1}))
-    monkeypatch.setattr(workers, "busy_seconds", lambda trials: 0.0)
-    deadline.begin(study, r, time.time())
-    tail = deadline.predict_tail(study, r)["seconds"]
-    deadline.begin(study, r, time.time() + tail + 100.0 - 600)  # 100 s left for the search
+    monkeypatch.setattr(halving, "busy_seconds", lambda trials: 0.0)
+    budget.begin(study, r, time.time())
+    tail = budget.predict_tail(study, r)["seconds"]
+    budget.begin(study, r, time.time() + tail + 100.0 - 600)  # 100 s left for the search
     # 60 s for 2 epochs: the 6 left take ~180 s, past what the run leaves the search. The trial's own recipe
     # (its restart) is not the study's, which the other trials' recipes are made from.
     trial = with_values(cnn, {"distill.train.restart_epochs": 2})
@@ -120,7 +122,7 @@ def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
 
 @pytest.mark.timeout(600)
 def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_predicted(tmp_path, capsys, monkeypatch):
-    import compress.baselines as bl
+    from compress.search import baselines as bl
 
     # The chosen trial's full schedule is kept in the shared cache: its own here, so that the test of the same
     # trial under search.timeout_s (test_halving) still trains it.
@@ -146,12 +148,12 @@ def test_a_run_past_its_budget_stops_after_its_first_trial_and_says_what_it_pred
 
 def test_a_failed_run_leaves_no_deadline_behind(tmp_path, monkeypatch):
     """A worker that joins the study after a run failed is not stopped by that run's budget."""
-    import compress.study as study_mod
+    from compress.search import run as run_mod
 
     def broken(recipe):
         raise RuntimeError("the data went away")
 
-    monkeypatch.setattr(study_mod, "prepare", broken)
+    monkeypatch.setattr(run_mod, "prepare", broken)
     r = _recipe(f"output_dir={tmp_path}", "search.wall_time_s=600")
     with pytest.raises(RuntimeError, match="the data went away"):
         run_study(r)

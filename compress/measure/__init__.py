@@ -1,0 +1,1 @@
+"""Measurement without torch: latency, capacity, stability, paired verdicts, the host lock."""

@@ -1,0 +1,1 @@
+"""The search: an Optuna study of compressed candidates, its baselines and its report."""

@@ -1,0 +1,231 @@
+"""The Optuna study: the space comes from the recipe; each trial calls the one-candidate pipeline.
+
+Two objectives: maximise validation accuracy, minimise latency p95 on the target. The service level
+(p95 bound, largest accuracy drop) enters as Optuna constraints, so infeasible trials are kept and shown
+but never chosen. The study lives in an Optuna storage (SQLite by default), so it resumes, and
+optuna-dashboard can watch it live.
+
+Optuna's pruners do not support multi-objective studies (optuna/optuna#3450), so each trial's learning
+curve is reported to a companion single-objective study (``<name>:curves:<tier>``) whose pruner decides.
+Curves are grouped by student family and cost tier (MACs within 2x): a small, fast student is only
+compared with students of its kind and size, never stopped for learning slower than a large one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import warnings
+from typing import Any
+
+import optuna
+from optuna.artifacts import upload_artifact
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from compress.data import Dataset
+from compress.io import sha256_file
+from compress.measure import hostlock
+from compress.measure.latency import measure
+from compress.pipeline import (
+    RESTART_STATE,
+    build_student,
+    compress_student,
+    evaluated,
+    from_teacher,
+    model_metrics,
+    probe_latency,
+    trains,
+)
+from compress.recipe import Recipe, with_values
+from compress.search.halving import (
+    cannot_reach_front,
+    first_schedule,
+    promote,
+    rest_overruns,
+    short_schedule,
+    tier_of,
+)
+from compress.search.records import CONSTRAINTS, constraint_values
+from compress.search.space import suggest
+from compress.storage import is_connection_error, me
+from compress.teacher import model_size
+
+
+def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
+    p = recipe.search.pruner
+    if p == "median":
+        # Not before 3 curves of the same tier exist, and never on the first epoch (too noisy).
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if p == "hyperband":
+        epochs = max(recipe.distill.train.epochs, recipe.prune.finetune.epochs)  # scratch or from-teacher schedule
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+@dataclasses.dataclass
+class Objective:
+    recipe: Recipe
+    data: Dataset  # full validation and test splits; training split possibly cut to search.train_fraction
+    full: Dataset
+    teacher: Any
+    teacher_info: dict
+    teacher_val_accuracy: float
+    study: optuna.Study
+    store: Any = None  # Optuna artifact store: every complete trial's model is uploaded there
+    claimed: Any = None  # called once the trial exists in the storage: ends the claim (StudyLock.release)
+
+    def _curves(self, tier: str) -> optuna.Study:
+        # Same storage; curve trials are driven by ask/tell, not by Study.optimize.
+        return optuna.create_study(storage=self.study._storage, study_name=f"{self.recipe.name}:curves:{tier}",
+                                   direction="maximize", pruner=_pruner(self.recipe), load_if_exists=True)
+
+    def __call__(self, trial: optuna.Trial):
+
+        trial.set_user_attr("worker", me())  # a rerun on this host fails it at once if this process dies
+        if self.claimed:
+            self.claimed()
+        values = suggest(trial, self.recipe)
+        r = with_values(self.recipe, values)
+        work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        paused0 = hostlock.paused_s
+        slo = r.slo.p95_ms
+        probe = None
+        # Latency first: is it worth training? A candidate that trains not at all (the teacher as it is, at most
+        # quantized) is finished anyway: there is no training to spare (its int8 calibration, parity check and
+        # accuracy took ~0.9 min on one core for the default teacher), and the front then shows the slow, accurate
+        # end (the int8 teacher at 94.3% and p95 ~0.8 ms in the default study) rather than leaving it to a baseline.
+        if r.search.skip_slow and slo is not None and trains(r):
+            windows: list[float] = []  # a near miss is timed twice (pipeline.RECHECK_BELOW)
+            probe = probe_latency(r, self.data, self.teacher, work, windows=windows)
+            lo = probe.p95_ci95_ms[0]
+            trial.set_user_attr("probe", {"latency_p50_ms": probe.p50_ms, "latency_p95_ms": probe.p95_ms,
+                                          "p95_ci95_ms": list(probe.p95_ci95_ms), "windows_p95_ms": windows})
+            if lo > slo:
+                shutil.rmtree(work, ignore_errors=True)
+                trial.set_user_attr("untrained", f"p95 {probe.p95_ms:.3f} ms untrained (95% CI from {lo:.3f}"
+                                    + (f"; the lower of {len(windows)} windows" if len(windows) > 1 else "")
+                                    + f") misses the service level's {slo} ms: not trained (search.skip_slow)")
+                # Infeasible on latency by its measured margin; accuracy unknown, so infeasible on that too.
+                set_constraints(trial, [probe.p95_ms - slo, 1.0, -1.0])
+                return 0.0, probe.p95_ms
+        macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
+        tier = tier_of(r.student.model, macs, probe.p50_ms if probe else None)
+        short = short_schedule(r)
+        at_restart = None
+        if short:  # cheap early: the short schedule first; the rest of the full one only when promoted
+            first = first_schedule(r)
+            restart = {f"{first}.restart_epochs": short[f"{first}.epochs"]}
+            r = with_values(r, restart)
+
+            named = trial.user_attrs.get("covering_index", len(self.recipe.search.enqueue)) < len(
+                self.recipe.search.enqueue)  # one of search.enqueue (the covering grid's first points)
+
+            def at_restart(acc: float, seconds: float) -> bool:
+                promoted, rung = promote(self.study, self.recipe, tier, acc, named)
+                trial.set_user_attr("rung", rung)
+                behind = promoted and r.search.halving.front and cannot_reach_front(
+                    self.study, r.student.model, acc, probe.p95_ms if probe else None, len(self.data.val))
+                late = promoted and not behind and rest_overruns(self.study, r, short, seconds, self.recipe)
+                goes_on = promoted and not behind and not late
+                halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on,
+                           "family": r.student.model}
+                for key, why in (("behind", behind), ("late", late)):
+                    if why:
+                        halving[key] = why
+                trial.set_user_attr("halving", halving)
+                # The epochs its model had, so that its recipe says how it was made.
+                trial.set_user_attr("overrides", restart if goes_on else short)
+                tqdm.write(f"trial {trial.number}: short schedule val {100 * acc:.2f}%: " + (
+                    "kept short (behind the front)" if behind else "kept short (run budget)" if late else
+                    "promoted" if promoted else "not promoted"))  # why: the trial's "halving" attribute
+                return goes_on
+        curves = self._curves(tier)
+        with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
+            warnings.simplefilter("ignore", UserWarning)
+            curve = curves.ask()
+        trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")
+        # After the last epoch of a student's only training, measuring it costs less than pruning would save.
+        only = from_teacher(r) or not r.prune.enabled
+        last = (r.prune.finetune if from_teacher(r) else r.distill.train).epochs - 1
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            curve.report(acc, epoch)
+            if not (only and epoch >= last) and curve.should_prune():
+                curves.tell(curve, state=TrialState.PRUNED)
+                raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
+
+        try:
+            stages = self._compress(r, work, trial, on_epoch, at_restart, short)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as err:
+
+            if not is_connection_error(err):
+                curves.tell(curve, state=TrialState.FAIL)
+            raise
+        val, p95 = self._measured(trial, r, stages, work, paused0)
+        curves.tell(curve, val)
+        return val, p95
+
+    def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None, at_restart=None, short=None) -> list:
+        """compress_student, with a failure recorded on the trial (a pruned trial leaves no files). A candidate
+        whose int8 copy fails its parity gate is finished in fp32, recorded as such (``int8_rejected``, and
+        quantize.enabled false among its overrides, so its recipe makes its model): its training is not lost,
+        and the sampler learns what int8 gave there (nothing) instead of proposing it again, as it does a
+        failed trial's parameters."""
+
+        def rejected(err: Exception) -> None:
+            trial.set_user_attr("int8_rejected", str(err)[:500])
+            trial.set_user_attr("overrides", {**trial.user_attrs.get("overrides", {}), "quantize.enabled": False})
+            tqdm.write(f"trial {trial.number}: int8 failed its parity gate, finished in fp32: {str(err)[:300]}")
+
+        try:
+            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch, at_restart, short,
+                                    state=work / RESTART_STATE if short else None, int8_rejected=rejected)
+        except optuna.TrialPruned:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        except Exception as err:
+
+            if not is_connection_error(err):  # the database, not the candidate: the trial is run again
+                trial.set_user_attr("failed", f"{type(err).__name__}: {str(err)[:500]}")
+            raise
+
+    def _measured(self, trial: optuna.Trial, r: Recipe, stages: list, work, paused0: float) -> tuple[float, float]:
+        """The trial's final model: measured, evaluated on the full splits, uploaded; its objective values."""
+
+        final = stages[-1]
+        model = work / "model.onnx"
+        final.onnx.replace(model)
+        for s in stages[:-1]:
+            s.onnx.unlink(missing_ok=True)
+        lat = measure(model, r.latency, r.target.batch_size, r.target.threads, r.target.device)
+        metrics = {**model_metrics(dataclasses.replace(final, onnx=model), self.full, lat,
+                                   evaluated(model, self.full, keep=True)),
+                   "stage": final.name,
+                   "paused_for_neighbours_s": round(hostlock.paused_s - paused0, 2),
+                   "model_sha256": sha256_file(model)}
+        val = metrics["val_accuracy"]
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("artifact_path", str(model.relative_to(self.recipe.out_path)))  # relocatable study
+        if self.store is not None:  # where every worker (and the finisher) can fetch it, and the dashboard shows it
+
+            trial.set_user_attr("model_artifact", upload_artifact(artifact_store=self.store, file_path=str(model),
+                                                                  study_or_trial=trial))
+            state = work / RESTART_STATE  # kept short: the finisher, on whichever machine, can go on from it
+            if state.is_file():
+                trial.set_user_attr("restart_state", {
+                    "artifact": upload_artifact(artifact_store=self.store, file_path=str(state), study_or_trial=trial),
+                    "sha256": sha256_file(state)})
+        set_constraints(trial, constraint_values(val, lat.p95_ms, lat.throughput_sps, self.teacher_val_accuracy, r))
+        return val, lat.p95_ms
+
+
+def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
+    # The list form under "constraints" is what Optuna's samplers and optuna-dashboard both read (the
+    # dashboard does not read Trial.set_constraint's named keys); the names are CONSTRAINTS, in order.
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", values)
+    trial.set_user_attr("constraint_names", list(CONSTRAINTS))

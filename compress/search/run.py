@@ -1,0 +1,150 @@
+"""The main job (``make distill``): search, baselines, an exact final measurement, report and artifact.
+
+1. ``search.optimize`` runs or resumes the Optuna study (trial-time latency: cheap, one model at a time).
+2. The Pareto front is taken over complete trials; the chosen candidate is the most accurate feasible one.
+3. The baselines and, where the search kept it short, the chosen candidate's full schedule are trained
+   side by side (once per study, cached; ``search.finish_processes``).
+4. Teacher, front and baselines are re-measured ("exact late") *interleaved in one process*, which every
+   speed-up comes from, and then each alone, which the percentiles and the service-level verdict come from.
+5. trials.csv, pareto.csv/json/html/png, summary.json and artifact/ are written; summary.json last.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tqdm.auto import tqdm
+
+from compress.export import export_onnx, onnx_accuracy
+from compress.pipeline import build_student, prepare, trains
+from compress.recipe import Recipe
+from compress.search import baselines as bl
+from compress.search import budget
+from compress.search.finish import (
+    adopted_from_trials,
+    finish,
+    finish_processes,
+    search_independent,
+)
+from compress.search.records import choose, needs_full, recipe_of, trained, trial_record
+from compress.search.study import artifact_store, open_study
+from compress.search.workers import claim_finisher, optimize
+from compress.teacher import model_size
+
+
+class Phases:
+    """Where this process's wall time went, phase by phase: summary.json's ``phases_s``."""
+
+    def __init__(self):
+        self.start = self._last = time.time()
+        self.seconds: dict[str, float] = {}
+        self.searched: float | None = None  # when this process's search ended
+        self.predicted: dict | None = None  # then: the rest of the run's predicted seconds (compress.deadline)
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._last = now
+
+
+def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, workers=None) -> dict | None:
+    """One worker of the study: its share of the trials, then the report when this worker is the finisher
+    (see compress.workers). Returns summary.json's content, or None when another process writes the report.
+    ``report_only`` (``compress report``): no trials, the report (again). ``report`` False: trials only (a
+    worker started by another one's ``search.workers``). ``workers``: the ``LocalWorkers`` this process
+    started; when its own trials are done, it starts a baseline while they finish theirs (the no-KD student
+    of the trial the search's numbers choose: ``_baselines_while_waiting``), then waits for them before it
+    claims the report."""
+    clock = Phases()
+    study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
+    if report_only or not report:
+        return _run_study(recipe, study, clock, report_only, report, workers)
+    # This run's search, then its report: its own time budget (compress.deadline), set first too, before any
+    # worker's first claim, so that none reads one a run before left; cleared when the report is written (a
+    # worker that joins the study later is not held to it) or the run fails, not when another process
+    # writes the report (workers elsewhere still run under it).
+    budget.begin(study, recipe, clock.start)
+    with budget.cleared_on_error(study):
+        summary = _run_study(recipe, study, clock, report_only, report, workers)
+    if summary is not None:
+        budget.end(study)
+    return summary
+
+
+def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: bool, workers) -> dict | None:
+    runs = report and not report_only  # this run's search, then its report: held to search.wall_time_s
+    data, teacher, tinfo = prepare(recipe)
+    out = recipe.out_path
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_onnx = export_onnx(teacher, out / "teacher.onnx", recipe.export.opset, data.spec.shape)  # never stale
+    macs, params = model_size(teacher, data.spec)
+    teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val), "params": params,
+                   "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
+    if runs and recipe.search.wall_time_s is not None:
+        _plan_after_search(recipe, study, data, teacher, tinfo, workers.cores if workers is not None else None)
+    clock.lap("setup")  # data, teacher, its ONNX and validation accuracy (the accuracy bound)
+
+    if not report_only:
+        optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
+        clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
+        if runs:
+            clock.searched, clock.predicted = time.time(), budget.predict_tail(study, recipe)
+    early = None  # the baseline(s) started while the other workers finish
+    if workers is not None:
+        if report and recipe.search.baselines and workers.running():
+            early = _baselines_while_waiting(recipe, study, data, tinfo, workers.per_worker)
+        workers.wait()
+        clock.lap("waiting_for_workers")
+    if not report:
+        return None
+    claim = claim_finisher(recipe, study, explicit=report_only)
+    if claim is None:
+        return None
+    with claim:
+        clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
+        return finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
+
+
+def _plan_after_search(recipe: Recipe, study, data, teacher, tinfo, cores: int | None) -> None:
+    """What the run's budget (search.wall_time_s) needs to know that the trials do not tell: the baselines the
+    search does not decide that are not kept from before, with their epochs and MACs, how many models train at
+    once after the search, and how many baselines the final measurement measures."""
+    builds, _ = search_independent(recipe, recipe.out_path / "baselines") if recipe.search.baselines else ([], {})
+    todo = []
+    for b in builds:
+        if bl.kept(b, data, tinfo) is not None:
+            continue
+        macs, _ = model_size(build_student(b.recipe, teacher, data.spec), data.spec)
+        todo.append({"name": b.name, "epochs": budget.epochs_of(b.recipe) if trains(b.recipe) else 0, "macs": macs,
+                     "family": b.recipe.student.model})
+    budget.plan(study, todo, finish_processes(recipe, cores), len(builds) + 1 if recipe.search.baselines else 0)
+
+
+def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -> bl.SideBySide | None:
+    """A baseline started while the other workers of this machine finish their last trials, in a process of its
+    own on this worker's share of the cores, which would otherwise wait: the no-KD student of the trial the
+    search's numbers choose, else the baselines the search does not decide; the report trains the rest beside
+    it and waits for it (``finish``). Those a trial made already are copied from it; those kept from before
+    are not made again. One that cannot be made is left for the report to try and name."""
+    out = recipe.out_path
+    frozen = study.get_trials(deepcopy=False)
+    complete = trained([trial_record(t, out) for t in frozen])
+    builds, _ = search_independent(recipe, out / "baselines")
+    # The longest baseline is the chosen candidate's student without KD, which waited for the final measurement
+    # to decide which candidate that is: 3.0 of the default study's 15.0 minutes in the run of e209029. The trial
+    # the search's own numbers choose is the one the final measurement chooses unless a p95 near the service
+    # level moves across it: its no-KD student starts now (stopped if another trial is chosen, ``finish``), and
+    # the others after the final measurement, beside it.
+    guess = choose(complete) if complete else None
+    no_kd = None
+    if guess is not None and not needs_full(recipe, guess):
+        no_kd = bl.student_without_kd(recipe_of(recipe, guess), out / "baselines")
+        builds.insert(0, no_kd)
+    adopted = adopted_from_trials(builds, complete, recipe, frozen, artifact_store(recipe, study), data, tinfo)
+    todo = [b for b in builds if b.name not in adopted and bl.kept(b, data, tinfo) is None]
+    if todo and todo[0] is no_kd:
+        todo = todo[:1]  # of the trial the search's numbers choose; the final measurement decides
+    if not todo:
+        return None
+    tqdm.write(f"while the other workers finish: {', '.join(b.name for b in todo)} ({threads} thread(s))")
+    return bl.SideBySide(todo, data, tinfo, 1, threads)
