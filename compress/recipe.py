@@ -1,6 +1,6 @@
 """The recipe schema: one typed, frozen config per section, validated on load.
 
-A recipe is data: every knob lives here with its default and the reason beside it. Loading rejects an
+A recipe is data: every knob lives here with its default and a description (docs/recipe.md). Loading rejects an
 unknown key, a wrong type or an out-of-range value with the key path, the bad value and what is allowed
 (``RecipeError``, exit code 2), before anything is written.
 """
@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from compress.errors import RecipeError
+from compress.storage import mask
 
 
 class _Section(BaseModel):
@@ -27,46 +28,54 @@ SOURCES = ("fashion_mnist", "torchvision", "folder", "arrays", "import")
 
 
 class DataConfig(_Section):
-    # Where the data come from (one module each under compress/data/):
-    #   fashion_mnist  the embedded default (Debian's dataset-fashion-mnist, read by torchvision)
-    #   torchvision    a torchvision dataset by class name (name: MNIST, CIFAR10, ...) under root
-    #   folder         an ImageFolder tree (root, split by seed), or separate train_dir/val_dir/test_dir trees
-    #   arrays         a .npz file (path) with x_train, y_train, x_test, y_test[, x_val, y_val, labels]:
-    #                  images N x H x W, N x H x W x C or N x C x H x W (uint8 or float), or vectors N x D
-    #   import         factory: package.module:function (kwargs) returning (train, val or None, test)
-    source: Literal["fashion_mnist", "torchvision", "folder", "arrays", "import"] = "fashion_mnist"
-    root: str | None = None  # fashion_mnist: None is Debian's /usr/share/datasets/fashion-mnist, else .data/
-    name: str | None = None  # torchvision: the dataset class, e.g. CIFAR10
-    download: bool = False  # torchvision: may it download (needs network; this project's machines have none)
-    path: str | None = None  # arrays: the .npz file
-    train_dir: str | None = None  # folder: separate trees (val_dir optional; test_dir required with train_dir)
-    val_dir: str | None = None
-    test_dir: str | None = None
-    test_fraction: float = Field(0.2, gt=0, lt=1)  # folder with one tree: the share held out as the test split
-    factory: str | None = None  # import: package.module:function
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # import: passed to the factory
-    # Images: the model's input size and channels; None keeps the data's own (the first image's, for folders).
-    image_size: int | list[int] | None = None  # an int is square; [height, width]
-    resize: int | None = Field(None, ge=1)  # resize the shorter side to this, then centre-crop to image_size
-    channels: Literal[1, 3] | None = None  # 1 grayscale, 3 RGB
-    # Normalisation: per channel (images) or per feature (vectors); None computes them on the training split
-    # (Fashion-MNIST keeps its published 0.2860 / 0.3530).
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    labels: list[str] | None = None  # class names in label order; None: the data's own, else "0", "1", ...
-    # Folder trees: stream images from disk through a DataLoader (workers) instead of holding them in memory.
-    # None: stream when the tree's pixels at the model's size would take more than max_memory_mb.
-    stream: bool | None = None
-    max_memory_mb: int = Field(2048, ge=1)
-    workers: int = Field(2, ge=0)  # DataLoader worker processes that read and prepare streamed images
-    val_size: int = Field(5000, ge=1)  # carved from the training set when the data has no validation split
-    val_fraction: float | None = Field(None, gt=0, lt=1)  # instead of val_size: a share of the training set
-    split_seed: int = 0  # the train/validation split never changes with the run's seed
-    # Tiny runs (tests, smoke checks) take the first N of each split; None uses the whole split.
-    train_subset: int | None = Field(None, ge=1)
-    val_subset: int | None = Field(None, ge=1)
-    test_subset: int | None = Field(None, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    """One module per source under compress/data/. Class count, names and input shape come from the data and are
+    checked against the teacher; the test split only ever gives the reported test accuracy."""
+
+    source: Literal["fashion_mnist", "torchvision", "folder", "arrays", "import"] = Field(
+        "fashion_mnist", description="fashion_mnist: the embedded default (Debian's dataset-fashion-mnist); "
+        "torchvision: a dataset class (`name`); folder: ImageFolder trees; arrays: a .npz file (`path`); "
+        "import: a factory function (`factory`).")
+    root: str | None = Field(None, description="The data's folder: fashion_mnist's IDX files (null: Debian's "
+                             "/usr/share/datasets/fashion-mnist, else .data/), torchvision's root, or folder's one "
+                             "tree, from which the test split is held out by seed.")
+    name: str | None = Field(None, description="torchvision: the dataset class, e.g. MNIST or CIFAR10.")
+    download: bool = Field(False, description="torchvision: whether it may download the dataset (needs network).")
+    path: str | None = Field(None, description="arrays: the .npz file with x_train, y_train, x_test, y_test "
+                             "[, x_val, y_val, labels]; images N x H x W [x C] or N x C x H x W, or vectors N x D.")
+    train_dir: str | None = Field(None, description="folder: the training tree, when the splits are separate "
+                                  "trees (test_dir is then required, val_dir optional).")
+    val_dir: str | None = Field(None, description="folder: the validation tree; else carved from training.")
+    test_dir: str | None = Field(None, description="folder: the test tree (required with train_dir).")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="folder, one tree: the share held out for test.")
+    factory: str | None = Field(None, description="import: package.module:function returning (train, val or None, "
+                                "test) or a dict.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="import: keyword arguments of the factory.")
+    image_size: int | list[int] | None = Field(None, description="Images: the model's input size, an int (square) "
+                                               "or [height, width]; null keeps the data's own (a folder's first "
+                                               "image's).")
+    resize: int | None = Field(None, ge=1, description="Images: shorter side to this, then centre-crop.")
+    channels: Literal[1, 3] | None = Field(None, description="Images: 1 (grayscale) or 3 (RGB); null: the data's.")
+    mean: list[float] | None = Field(None, description="Normalisation mean per channel (images) or per feature "
+                                     "(vectors); null computes it on the training split (Fashion-MNIST keeps its "
+                                     "published 0.2860).")
+    std: list[float] | None = Field(None, description="Normalisation std, with mean (Fashion-MNIST: 0.3530).")
+    labels: list[str] | None = Field(None, description="Class names in label order; null: the data's, or 0, 1, ...")
+    stream: bool | None = Field(None, description="Folder trees: read images from disk batch by batch (DataLoader "
+                                "workers) instead of holding them in memory; null streams when the pixels at the "
+                                "model's size would take more than max_memory_mb.")
+    max_memory_mb: int = Field(2048, ge=1, description="Folder trees: the size above which `stream: null` streams.")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes that read and prepare streamed images.")
+    val_size: int = Field(5000, ge=1, description="Validation samples carved from the training set (by "
+                          "split_seed) when the data has no validation split.")
+    val_fraction: float | None = Field(None, gt=0, lt=1, description="Instead of val_size: the share of the "
+                                       "training set carved out for validation.")
+    split_seed: int = Field(0, description="Seed of the train/validation split, apart from the run's seed so "
+                            "the split never changes with it.")
+    train_subset: int | None = Field(None, ge=1, description="Only the first N training samples (tests, smoke "
+                                     "checks); null uses the whole split.")
+    val_subset: int | None = Field(None, ge=1, description="Only the first N validation samples.")
+    test_subset: int | None = Field(None, ge=1, description="Only the first N test samples.")
+    eval_batch_size: int = Field(1000, ge=1, description="Evaluation batch size; not read by the current code.")
 
     @model_validator(mode="after")
     def _source_fields(self):
@@ -88,28 +97,31 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(0.5, ge=0)  # linear warm-up, then cosine to zero
-    # Images only. true: random 2-pixel shifts and horizontal flips (worth ~1pp for the Fashion-MNIST
-    # teacher); or a list of [shift, hflip] (no flips for digits or text). When on, distillation cannot reuse
-    # cached teacher logits (each view needs its own), so students default to off.
-    augment: bool | list[Literal["shift", "hflip"]] = False
-    # bf16 autocast + channels_last: ~3x faster training on AVX-512 BF16 CPUs, same accuracy here; emulated,
-    # and 7-8x slower than fp32, on CPUs without AVX-512 (an AVX2 EPYC). auto: bf16 where the training device
-    # computes it natively, else fp32 (workers of one study on different machines may then differ: pin
-    # true or false where that matters).
-    bf16: bool | Literal["auto"] = False
-    # Where training runs: auto is a CUDA GPU when this machine has one, else the CPU. Latency is always
-    # measured on target.device, whatever trained the model.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # A warm restart: the first restart_epochs epochs are a schedule of their own (warm-up, cosine to zero),
-    # then the remaining epochs another, the model and its momentum carried over. What a candidate promoted by
-    # search.halving was trained with: its short schedule, then the rest, so promotion retrains nothing.
-    restart_epochs: int | None = Field(None, ge=1)
+    """A training schedule: SGD with momentum, linear warm-up, then cosine decay to zero. Used by teacher.train,
+    distill.train, prune.finetune and search.baseline_finetune, each with its own defaults."""
+
+    epochs: int = Field(10, ge=0, description="Epochs to train.")
+    batch_size: int = Field(256, ge=1, description="Training batch size.")
+    lr: float = Field(0.05, gt=0, description="Peak learning rate, reached at the end of the warm-up.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
+    warmup_epochs: float = Field(0.5, ge=0, description="Linear warm-up, in epochs (fractions allowed), before the "
+                                 "cosine decay.")
+    augment: bool | list[Literal["shift", "hflip"]] = Field(False, description=(
+        "Images only: true is random 2-pixel shifts and horizontal flips (about 1 pp for the Fashion-MNIST teacher), "
+        "or a list of them (no flips for digits or text). Off by default: with it, distillation cannot reuse "
+        "cached teacher logits."))
+    bf16: bool | Literal["auto"] = Field(False, description=(
+        "bf16 autocast: about 3x faster training on CPUs with AVX-512 BF16, but emulated and 7-8x slower than fp32 "
+        "without it. auto uses it where the training device computes it natively (workers on different machines "
+        "may then differ: pin true or false where that matters)."))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs: auto is a CUDA GPU "
+                                                   "when there is one, else the CPU. Latency is always measured on "
+                                                   "target.device.")
+    restart_epochs: int | None = Field(None, ge=1, description=(
+        "A warm restart: the first restart_epochs are a schedule of their own (warm-up, cosine), the rest another, "
+        "model and momentum carried over. Set by search.halving on a promoted candidate, so promotion retrains "
+        "nothing."))
 
     @model_validator(mode="after")
     def _restart_inside(self):
@@ -133,96 +145,118 @@ class TrainConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    # A registered family (resnet_small, cnn, mlp), "tv:<torchvision arch>", or an import path
-    # "package.module:factory" called with model_kwargs (and num_classes / in_channels / in_features when
-    # it takes them). Not needed when the checkpoint carries its own architecture (TorchScript,
-    # torch.export, a pickled module, ONNX, or one written by `compress teacher`).
-    model: str = "resnet_small"
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    # Where the trained checkpoint lives. A file that exists is loaded (and checked against sha256 and the
-    # teacher.json beside it); `compress teacher` writes it. Formats: a state_dict (plain, or under
-    # "state_dict"/"model", with a "module."-style prefix stripped), TorchScript, torch.export (.pt2), a
-    # pickled nn.Module (only with trust_pickle), or an ONNX file (.onnx: its logits come from ONNX Runtime).
-    checkpoint: str = "teachers/fashion_mnist_resnet/model.pt"
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # pin an exact checkpoint
-    # Unpickling a whole module runs code from the file: allowed only when the recipe says it trusts it.
-    trust_pickle: bool = False
-    train: TrainConfig = TrainConfig(epochs=15, lr=0.1, augment=True, bf16="auto")
+    """The big, accurate model to compress. `compress teacher` trains it and writes its checkpoint."""
+
+    model: str = Field("resnet_small", description=(
+        "A registered family (resnet_small, cnn, mlp), tv:<torchvision arch>, or package.module:factory called "
+        "with model_kwargs (and num_classes, in_channels, in_features where it takes them). Not needed when the "
+        "checkpoint carries it (TorchScript, torch.export, a pickled module, ONNX, one `compress teacher` wrote)."))
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="The architecture's constructor arguments.")
+    checkpoint: str = Field("teachers/fashion_mnist_resnet/model.pt", description=(
+        "The trained checkpoint, checked against sha256 and the teacher.json beside it: a state_dict (plain or "
+        "under state_dict/model, a module. prefix stripped), TorchScript, torch.export (.pt2), a pickled nn.Module "
+        "(only with trust_pickle) or ONNX (its logits from ONNX Runtime)."))
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Pin an exact checkpoint.")
+    trust_pickle: bool = Field(False, description="Allow a pickled module: unpickling runs the file's code.")
+    train: TrainConfig = Field(TrainConfig(epochs=15, lr=0.1, augment=True, bf16="auto"),
+                               description="The teacher's schedule (`compress teacher`).")
 
 
 class StudentConfig(_Section):
-    # A registered family (cnn and resnet_small for images, mlp for vectors), "tv:<torchvision arch>", an
-    # import path "package.module:factory", or "teacher": a copy of the teacher, weights included, shrunk by
-    # prune.ratio before distillation (width, depth and kwargs then do not apply).
-    model: str = "cnn"
-    # Shorthands for the families that take them (cnn: channels of the first stage, doubled per stage, and
-    # conv layers per stage; mlp: hidden units and hidden layers); None is the family's default.
-    width: int | None = Field(None, ge=1, le=4096)
-    depth: int | None = Field(None, ge=1, le=16)
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # any other constructor argument; searchable
+    """The small model trained to imitate the teacher."""
+
+    model: str = Field("cnn", description=(
+        "A registered family (cnn and resnet_small for images, mlp for vectors or flattened images), tv:<arch>, an "
+        "import path, or teacher: a copy of the teacher, weights included, shrunk by prune.ratio before "
+        "distillation (width, depth and kwargs then do not apply)."))
+    width: int | None = Field(None, ge=1, le=4096, description="cnn: channels of the first stage, doubled per "
+                              "stage; mlp: hidden units. null is the family's default.")
+    depth: int | None = Field(None, ge=1, le=16, description="cnn: conv layers per stage; mlp: hidden layers. "
+                              "null is the family's default.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Any other constructor argument; each is "
+                                   "searchable as student.kwargs.<name>.")
 
 
 class DistillConfig(_Section):
-    # Hinton et al. 2015: loss = alpha * T^2 * KL(soft_teacher || soft_student) + (1 - alpha) * CE(labels).
-    enabled: bool = True  # False trains the student on hard labels only (the no-distillation baseline)
-    temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.9, ge=0, le=1)
-    train: TrainConfig = TrainConfig(epochs=15, lr=0.05)
+    """Knowledge distillation (Hinton et al. 2015): loss = alpha * T^2 * KL(soft teacher, soft student)
+    + (1 - alpha) * CE(labels)."""
+
+    enabled: bool = Field(True, description="false trains on hard labels only (the no-distillation baseline).")
+    temperature: float = Field(4.0, gt=0, le=100, description="T: softens both distributions, so the soft targets "
+                               "carry how the teacher ranks the wrong classes.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft targets; 1 - alpha of the hard labels.")
+    train: TrainConfig = Field(TrainConfig(epochs=15, lr=0.05), description="The schedule of a student trained "
+                               "from scratch (a student made from the teacher trains prune.finetune's).")
 
 
 class PruneConfig(_Section):
-    enabled: bool = False
-    ratio: float = Field(0.3, ge=0, lt=1)  # fraction of channels removed in every prunable layer
-    importance: Literal["l1", "l2", "random"] = "l2"  # Torch-Pruning group magnitude importance
-    # Keep channel counts multiples of this (Torch-Pruning's round_to; kept counts round down). int8 kernels
-    # work on blocks of channels: the teacher pruned by 0.7 to 19-28-57-76 channels ran at p50 0.19 ms,
-    # rounded to 16-24-56-72 at 0.11 ms (int8, batch 1, one thread, this repo's reference machine).
-    round_to: int | None = Field(None, ge=1)
-    # Module names (as in model.named_modules()) left unpruned, e.g. a layer Torch-Pruning cannot handle.
-    # The classifier (the layer producing the class scores) is always kept.
-    ignore: list[str] = Field(default_factory=list)
-    finetune: TrainConfig = TrainConfig(epochs=3, lr=0.01, warmup_epochs=0)
+    """Structured pruning with Torch-Pruning: channels are physically removed, BatchNorm statistics are
+    re-estimated on training images, then the model is fine-tuned with distillation."""
+
+    enabled: bool = Field(False, description="Remove channels: after distillation for a scratch student, before "
+                          "training for one made from the teacher.")
+    ratio: float = Field(0.3, ge=0, lt=1, description="Fraction of channels removed in every prunable layer.")
+    importance: Literal["l1", "l2", "random"] = Field("l2", description="Torch-Pruning's group importance: L1 or "
+                                                      "L2 magnitude, or random.")
+    round_to: int | None = Field(None, ge=1, description="Keep channel counts multiples of this (rounding down): "
+                                 "int8 kernels work on blocks of channels, so rounded counts run faster.")
+    ignore: list[str] = Field(default_factory=list, description="Module names (as in named_modules()) left "
+                              "unpruned, e.g. a layer Torch-Pruning cannot handle; the classifier is always kept.")
+    finetune: TrainConfig = Field(TrainConfig(epochs=3, lr=0.01, warmup_epochs=0), description="The schedule after "
+                                  "pruning; for a student made from the teacher, its whole training.")
 
 
 class QuantizeConfig(_Section):
-    enabled: bool = False
-    # QDQ is ONNX Runtime's recommended format; QOperator is sometimes faster on small CNNs, so it is offered.
-    format: Literal["qdq", "qoperator"] = "qdq"
-    per_channel: bool = True
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_size: int = Field(512, ge=1, le=55000)  # images from the training split
-    # 7-bit weights. ONNX Runtime's u8 x s8 kernels without VNNI (plain AVX2) add pairs of products in 16
-    # bits, which saturate: a ResNet-18's int8 copy agreed with it on 94% of images on such a CPU. None:
-    # on when the measuring CPU has no VNNI, off when it has (where it would only cost accuracy).
-    reduce_range: bool | None = None
+    """Static int8 quantization with ONNX Runtime, calibrated on training images; the int8 copy must pass
+    export.int8_min_agreement."""
+
+    enabled: bool = Field(False, description="Quantize the exported model to int8; false keeps fp32.")
+    format: Literal["qdq", "qoperator"] = Field("qdq", description="QDQ is ONNX Runtime's recommended format; "
+                                                "QOperator is sometimes faster on small CNNs, so it is offered.")
+    per_channel: bool = Field(True, description="One weight scale per output channel, else one per tensor.")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How activation "
+                                                                    "ranges are calibrated.")
+    calibration_size: int = Field(512, ge=1, le=55000, description="Calibration images, from the training split.")
+    reduce_range: bool | None = Field(None, description=(
+        "7-bit weights: without VNNI (plain AVX2) ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits, "
+        "which saturate. null: on when the measuring CPU has no VNNI, off when it has (it would only cost accuracy)."))
 
 
 class ExportConfig(_Section):
-    opset: int = Field(17, ge=17, le=23)
-    fp32_max_abs_diff: float = Field(1e-3, gt=0)  # parity gate: ONNX fp32 vs PyTorch logits
-    int8_min_agreement: float = Field(0.99, gt=0, le=1)  # parity gate: int8 top-1 vs PyTorch top-1
+    """ONNX export with a dynamic batch, and the parity gates every exported model passes."""
+
+    opset: int = Field(17, ge=17, le=23, description="ONNX opset.")
+    fp32_max_abs_diff: float = Field(1e-3, gt=0, description="Parity gate: largest difference between ONNX fp32 "
+                                     "and PyTorch logits.")
+    int8_min_agreement: float = Field(0.99, gt=0, le=1, description="Parity gate: least share of validation "
+                                      "samples on which int8 top-1 agrees with PyTorch's.")
 
 
 class TargetConfig(_Section):
-    device: Literal["cpu", "cuda"] = "cpu"
-    batch_size: int = Field(1, ge=1, le=4096)
-    threads: int = Field(1, ge=1, le=256)  # intra-op threads; inter-op is always 1 (sequential graph)
+    """How the model will serve; every latency is measured this way."""
+
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cpu (ONNX Runtime's CPU provider) or cuda.")
+    batch_size: int = Field(1, ge=1, le=4096, description="Samples per request.")
+    threads: int = Field(1, ge=1, le=256, description="Intra-op threads of a replica; inter-op is always 1.")
 
 
 class LatencyConfig(_Section):
-    warmup_runs: int = Field(50, ge=0)
-    min_runs: int = Field(200, ge=1)
-    max_runs: int = Field(5000, ge=1)
-    max_seconds: float = Field(5.0, gt=0)  # per model; stops timing early once p50 is stable
+    """Bounds of the latency protocol (docs/latency.md)."""
+
+    warmup_runs: int = Field(50, ge=0, description="Untimed runs first.")
+    min_runs: int = Field(200, ge=1, description="Timed runs, at least.")
+    max_runs: int = Field(5000, ge=1, description="Timed runs, at most.")
+    max_seconds: float = Field(5.0, gt=0, description="Time cap per model; timing stops earlier once p50 and p95 "
+                               "are stable.")
 
 
 class Range(_Section):
-    """A searchable numeric range; integer fields get integers."""
+    """A range in search.space, {low, high[, step, log]}; integer fields get integers."""
 
-    low: float
-    high: float
-    step: float | None = Field(None, gt=0)
-    log: bool = False
+    low: float = Field(description="Lower bound.")
+    high: float = Field(description="Upper bound, above low.")
+    step: float | None = Field(None, gt=0, description="Grid step; null: continuous.")
+    log: bool = Field(False, description="Sample on a log scale (low > 0, no step).")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -234,86 +268,76 @@ class Range(_Section):
 
 
 class HalvingConfig(_Section):
-    """Cheap early, exact late (successive halving). Every candidate that trains first runs a short schedule:
-    its first training schedule cut to ``short_fraction`` of its epochs (at least one; its own warm-up and
-    cosine, so the short model is finished, not interrupted). Its validation accuracy then decides: when it
-    ranks in the top 1/``reduction_factor`` of the short-schedule accuracies of comparable candidates (same
-    family, MACs within 2x; Optuna's SuccessiveHalvingPruner decides, which promotes the first of a kind),
-    training goes on from that model for the rest of the epochs (a warm restart, recorded in its recipe as
-    ``restart_epochs``), so promotion costs no retraining. Otherwise the short model is finished as the
-    short schedule's recipe says (its later schedules cut too) and is the trial's result: a real model,
-    measured like any other, that may stand on the front with the epochs it had recorded in its recipe.
+    """Successive halving, cheap early and exact late: every candidate that trains first runs a short schedule,
+    and only a rung winner goes on from that model to its full schedule (docs/search.md)."""
 
-    ``front``: a rung winner is not promoted either when it cannot reach the Pareto front: a finished trial
-    at least as fast (its trial-time p95 against this candidate's, timed before training by
-    ``search.skip_slow``) is already at least as accurate as this short schedule's accuracy plus the most any
-    candidate of its family has gained from the rest of its full schedule. Until one of the family has
-    finished a full schedule there is no gain to go by, and ranks alone decide.
-
-    ``bootstrap``: the first ``bootstrap`` short schedules of a tier are not promoted (Optuna's bootstrap_count):
-    a candidate then goes on for beating comparable ones, not for being the first of its kind. The candidates of
-    ``search.enqueue`` go on whatever their rank: whoever named them wants their full schedule."""
-
-    enabled: bool = False
-    short_fraction: float = Field(0.25, gt=0, lt=1)
-    reduction_factor: int = Field(3, ge=2)
-    front: bool = True
-    bootstrap: int = Field(0, ge=0)
+    enabled: bool = Field(False, description="Short schedule first, full schedule only for rung winners; off, "
+                          "every candidate trains its full schedule.")
+    short_fraction: float = Field(0.25, gt=0, lt=1, description="The short schedule's share of the first "
+                                  "schedule's epochs (at least one), with its own warm-up and cosine.")
+    reduction_factor: int = Field(3, ge=2, description="Promote the top 1/reduction_factor of the tier's "
+                                  "short-schedule accuracies (Optuna's SuccessiveHalvingPruner).")
+    front: bool = Field(True, description="Keep a rung winner short when a finished trial as fast is already as "
+                        "accurate as it could become, less one standard error.")
+    bootstrap: int = Field(0, ge=0, description="The tier's first N short schedules are not promoted, so a "
+                           "candidate goes on for beating a comparable one; search.enqueue's go on anyway.")
 
 
 class SearchConfig(_Section):
-    n_trials: int = Field(20, ge=1)  # completed + pruned trials the study aims for (resumes count)
-    timeout_s: float | None = Field(None, gt=0)  # stop starting new trials after this long
-    # The whole run's budget, from `compress search` to its report: no trial starts (and no short schedule is
-    # promoted) that is predicted to end after the time the rest of the run needs (compress.deadline).
-    wall_time_s: float | None = Field(None, gt=0)
-    sampler: Literal["tpe", "nsga2"] = "tpe"
-    startup_trials: int = Field(6, ge=0)  # TPE: random trials before the model-based ones
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    # Search-time training uses the first fraction of the training split; every candidate is still
-    # evaluated on the full validation and test splits.
-    train_fraction: float = Field(1.0, gt=0, le=1)
-    # Any Optuna storage URL; None: sqlite:///results/<name>/study.db. journal:PATH is Optuna's journal file
-    # (several processes on one machine); postgresql+psycopg2://user@host/db for many machines (password from
-    # PGPASSWORD or ~/.pgpass; one given in the URL is masked in every output).
-    storage: str | None = None
-    # Optuna artifact store for the trials' models: a folder every worker reaches (None: results/<name>/artifacts),
-    # s3://bucket or gs://bucket.
-    artifacts: str | None = None
-    keep_dominated_models: bool = False  # dominated trials' ONNX files are deleted to save disk
-    # Latency first: each candidate is timed untrained (built, pruned, exported, quantized) before training.
-    # One whose p95 misses slo.p95_ms beyond its 95% confidence interval is recorded with that latency as
-    # infeasible and not trained (seconds, not minutes). false: train it anyway (the slow end of the front).
-    # A candidate with no training (the teacher as it is, at most quantized) is finished either way.
-    skip_slow: bool = True
-    halving: HalvingConfig = HalvingConfig()
-    baselines: bool = True  # teacher int8, teacher pruned 50% + fine-tune, student without KD
-    baseline_prune_ratio: float = Field(0.5, gt=0, lt=1)
-    baseline_finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16="auto")
-    # The models trained after the search (the chosen candidate's full schedule, the baselines) train this many
-    # at a time, each in a process of its own with the cores shared out: two 1-thread trainings made 1.25-1.6x
-    # the steps of one 2-thread training on 2 cores (results/train_threads.json). None: 2 when training runs
-    # on a CPU with at least 2 threads, else 1 (one after another, in this process).
-    finish_processes: int | None = Field(None, ge=1)
-    # Worker processes `compress search` runs on this machine, all on the one study, the cores shared out among
-    # them (training threads = cores / workers). More workers on other machines join with their own command.
-    workers: int = Field(1, ge=1)
-    # key.path -> fixed value, {low, high[, step, log]} or [choices]; e.g. student.width: {low: 8, high: 48, step: 8}
-    # or branches, a sub-space per choice: student.model: {teacher: {prune.ratio: ...}, cnn: {student.width: ...}}
-    space: dict[str, Any] = Field(default_factory=dict)
-    # Candidates tried first, before the covering grid (Optuna's enqueue_trial): each a mapping of the study's
-    # parameter names (a branch's as <choice>/<key.path>) to values, the rest sampled; e.g.
-    # [{student.model: cnn, cnn/student.width: 8, cnn/student.depth: 2}] for one you know is worth a trial.
-    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    """The Optuna study: maximise validation accuracy, minimise p95 latency, with the service level as
+    constraints (docs/search.md)."""
+
+    n_trials: int = Field(20, ge=1, description="Complete + pruned trials the study aims for, all workers together.")
+    timeout_s: float | None = Field(None, gt=0, description="No trial starts, or is promoted, that would end after "
+                                    "the study's trials have run this long.")
+    wall_time_s: float | None = Field(None, gt=0, description=(
+        "The whole run's budget, from `compress search` to its report: no trial starts, and none is promoted, "
+        "that is predicted to end after the time the rest of the run needs."))
+    sampler: Literal["tpe", "nsga2"] = Field("tpe", description="TPE (multivariate, grouped, constant liar) or "
+                                             "NSGA-II, seeded.")
+    startup_trials: int = Field(6, ge=0, description="Trials before TPE's model-based ones: the covering grid, "
+                                "which tries every categorical choice.")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops hopeless students on "
+                                                           "their per-epoch validation curve, within a tier.")
+    train_fraction: float = Field(1.0, gt=0, le=1, description=(
+        "Search-time training uses this first fraction of the training split; every candidate is still evaluated "
+        "on the full validation and test splits, and the chosen one retrained on the whole split."))
+    storage: str | None = Field(None, description=(
+        "Any Optuna storage URL; null is sqlite:///results/<name>/study.db. journal:PATH for several processes on one "
+        "machine, postgresql+psycopg2://user@host/db for many (password from PGPASSWORD or ~/.pgpass)."))
+    artifacts: str | None = Field(None, description="Optuna artifact store for the trials' models: a folder every "
+                                  "worker reaches (null: results/<name>/artifacts), s3://bucket or gs://bucket.")
+    keep_dominated_models: bool = Field(False, description="Keep dominated trials' ONNX files (else deleted).")
+    skip_slow: bool = Field(True, description=(
+        "Latency first: a candidate timed untrained whose p95 misses slo.p95_ms beyond its 95% confidence interval "
+        "is recorded as infeasible and not trained. false trains it anyway (the slow end of the front)."))
+    halving: HalvingConfig = Field(HalvingConfig(), description="Successive halving: a short schedule first, the full "
+                                   "one only for the best of a tier.")
+    baselines: bool = Field(True, description="Build the baselines: the teacher in int8, the teacher pruned and "
+                            "fine-tuned on hard labels, the chosen student without KD.")
+    baseline_prune_ratio: float = Field(0.5, gt=0, lt=1, description="Channels the pruned-teacher baseline removes.")
+    baseline_finetune: TrainConfig = Field(TrainConfig(epochs=2, lr=0.01, warmup_epochs=0, bf16="auto"),
+                                           description="The pruned-teacher baseline's fine-tuning on hard labels.")
+    finish_processes: int | None = Field(None, ge=1, description=(
+        "Models trained after the search train this many at a time, each in its own process with the cores shared "
+        "out: two 1-thread trainings beat one 2-thread one. null: 2 on a CPU with at least 2 threads, else 1."))
+    workers: int = Field(1, ge=1, description="Worker processes `compress search` runs on this machine, on one "
+                         "study, the cores shared out; workers elsewhere join with their own command.")
+    space: dict[str, Any] = Field(default_factory=dict, description=(
+        "key.path: a fixed value, {low, high[, step, log]} or [choices] of a student, distill, prune or quantize "
+        "field; or branches, a sub-space per choice: student.model: {teacher: {...}, cnn: {...}}."))
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "Candidates tried first, before the covering grid: each maps parameter names (a branch's as "
+        "<choice>/<key.path>) to values, the rest sampled."))
 
 
 class BatchRequirement(_Section):
     """Score ``records`` within ``hours``: implies a throughput of records / (hours * 3600) samples/s."""
 
-    records: int = Field(ge=1)
-    hours: float = Field(gt=0)
-    # Cores the job may use; a candidate that would need more is infeasible. None: any number (it just costs).
-    max_cores: int | None = Field(None, ge=1)
+    records: int = Field(ge=1, description="Records to score.")
+    hours: float = Field(gt=0, description="The deadline, in hours.")
+    max_cores: int | None = Field(None, ge=1, description="Cores the job may use; a candidate that would need more "
+                                  "is infeasible. null: any number (it just costs).")
 
     @property
     def required_sps(self) -> float:
@@ -321,50 +345,57 @@ class BatchRequirement(_Section):
 
 
 class ServiceLevel(_Section):
-    """The requirement, online (p95 per request) and/or batch (records by a deadline)."""
+    """The requirement, online (p95 per request) and/or batch (records by a deadline); both become Optuna
+    constraints, so a trial that misses it is kept and shown, never chosen."""
 
-    p95_ms: float | None = Field(None, gt=0)  # online: per-request p95 at target.batch_size and target.threads
-    concurrency: int = Field(1, ge=1)  # online: requests in flight at once at peak; one replica each
-    requests_per_s: float | None = Field(None, gt=0)  # online: peak load, for the capacity plan
-    batch: BatchRequirement | None = None
-    # Largest allowed validation-accuracy drop from the teacher, in percentage points.
-    max_accuracy_drop_pp: float | None = Field(None, ge=0)
+    p95_ms: float | None = Field(None, gt=0, description="Online: per-request p95 bound, in the target setting.")
+    concurrency: int = Field(1, ge=1, description="Online: requests in flight at once at peak, one replica each.")
+    requests_per_s: float | None = Field(None, gt=0, description="Online: peak load, for the capacity plan.")
+    batch: BatchRequirement | None = Field(None, description="Batch: records to score by a deadline.")
+    max_accuracy_drop_pp: float | None = Field(None, ge=0, description="Largest allowed validation-accuracy drop "
+                                               "from the teacher, in percentage points.")
 
 
 class CostConfig(_Section):
-    # Prices for the plan; defaults are typical on-demand cloud list prices, replace them with yours.
-    cpu_core_hour: float = Field(0.048, ge=0)  # per vCPU-hour
-    gpu_hour: float = Field(2.50, ge=0)  # per GPU-hour
-    currency: str = "USD"
+    """Prices for the capacity plan: typical on-demand cloud list prices; replace them with yours."""
+
+    cpu_core_hour: float = Field(0.048, ge=0, description="Price per vCPU-hour.")
+    gpu_hour: float = Field(2.50, ge=0, description="Price per GPU-hour.")
+    currency: str = Field("USD", description="Currency of the prices.")
 
 
 class CapacityConfig(_Section):
-    enabled: bool = True
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32, 128], min_length=1)
-    threads: list[int] | None = None  # None: 1, 2, 4, ... (powers of two) and all the cores
-    # Online replicas are sized to run at most this busy: queueing keeps p95 near the measured one only
-    # well below saturation.
-    target_utilization: float = Field(0.7, gt=0, le=1)
-    max_seconds: float = Field(1.0, gt=0)  # per model and setting
+    """After the search the teacher and the front are swept over batch sizes and threads: how many cores meet the
+    load and the batch deadline, and what that costs (capacity.md)."""
+
+    enabled: bool = Field(True, description="Run the sweep and write the plan.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32, 128], min_length=1,
+                                   description="Batch sizes swept.")
+    threads: list[int] | None = Field(None, description="Thread counts swept; null: 1, 2, 4, ... and all the cores.")
+    target_utilization: float = Field(0.7, gt=0, le=1, description="Online replicas are sized to run at most this "
+                                      "busy: queueing keeps p95 near the measured one only well below saturation.")
+    max_seconds: float = Field(1.0, gt=0, description="Time bound per model and setting.")
 
 
 class Recipe(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # also the results/<name>/ folder
-    seed: int = 0
-    output_dir: str = "results"
-    data: DataConfig = DataConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    student: StudentConfig = StudentConfig()
-    distill: DistillConfig = DistillConfig()
-    prune: PruneConfig = PruneConfig()
-    quantize: QuantizeConfig = QuantizeConfig()
-    export: ExportConfig = ExportConfig()
-    target: TargetConfig = TargetConfig()
-    latency: LatencyConfig = LatencyConfig()
-    search: SearchConfig = SearchConfig()
-    slo: ServiceLevel = ServiceLevel()
-    cost: CostConfig = CostConfig()
-    capacity: CapacityConfig = CapacityConfig()
+    """A whole recipe: one section per stage, every key optional but the name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Also the results/<name>/ folder and the study.")
+    seed: int = Field(0, description="The run's seed (training, sampler, calibration); the split has its own.")
+    output_dir: str = Field("results", description="Where results/<name>/ goes.")
+    data: DataConfig = Field(DataConfig(), description="Where the data come from and how a sample becomes an input.")
+    teacher: TeacherConfig = Field(TeacherConfig(), description="The model to compress.")
+    student: StudentConfig = Field(StudentConfig(), description="The model to train.")
+    distill: DistillConfig = Field(DistillConfig(), description="Knowledge distillation.")
+    prune: PruneConfig = Field(PruneConfig(), description="Structured pruning.")
+    quantize: QuantizeConfig = Field(QuantizeConfig(), description="int8 quantization.")
+    export: ExportConfig = Field(ExportConfig(), description="ONNX export and its parity gates.")
+    target: TargetConfig = Field(TargetConfig(), description="The serving setting latency is measured in.")
+    latency: LatencyConfig = Field(LatencyConfig(), description="The latency protocol.")
+    search: SearchConfig = Field(SearchConfig(), description="The Optuna search.")
+    slo: ServiceLevel = Field(ServiceLevel(), description="The service level.")
+    cost: CostConfig = Field(CostConfig(), description="Prices.")
+    capacity: CapacityConfig = Field(CapacityConfig(), description="The capacity sweep and plan.")
 
     @property
     def out_path(self) -> Path:
@@ -378,7 +409,6 @@ class Recipe(_Section):
 
     def public_dict(self) -> dict[str, Any]:
         """``to_dict`` for outputs: the storage URL with any password masked."""
-        from compress.storage import mask
 
         data = self.to_dict()
         data["search"]["storage"] = mask(data["search"]["storage"])
