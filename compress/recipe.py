@@ -131,7 +131,7 @@ class TrainConfig(_Section):
 
     @model_serializer(mode="wrap")
     def _omit_no_restart(self, handler):
-        # Left out when unset, so recipes, fingerprints and cache keys made before it existed are unchanged.
+        # Left out when unset: a written recipe (the bundle's manifest too) names a restart only where there is one.
         data = handler(self)
         if isinstance(data, dict) and data.get("restart_epochs", 0) is None:
             del data["restart_epochs"]
@@ -297,8 +297,6 @@ class SearchConfig(_Section):
                                              "NSGA-II, seeded.")
     startup_trials: int = Field(6, ge=0, description="Trials before TPE's model-based ones: the covering grid, "
                                 "which tries every categorical choice.")
-    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops hopeless students on "
-                                                           "their per-epoch validation curve, within a tier.")
     train_fraction: float = Field(1.0, gt=0, le=1, description=(
         "Search-time training uses this first fraction of the training split; every candidate is still evaluated "
         "on the full validation and test splits, and the chosen one retrained on the whole split."))
@@ -414,25 +412,10 @@ class Recipe(_Section):
         data["search"]["storage"] = mask(data["search"]["storage"])
         return data
 
-    def fingerprint(self, before_bf16_auto: bool = False) -> str:
-        """``before_bf16_auto``: as the code before ``bf16: auto`` computed it (see as_before_bf16_auto)."""
-        data = self.to_dict()
-        return fingerprint_of(as_before_bf16_auto(data) if before_bf16_auto else data)
-
 
 def fingerprint_of(data: Any, length: int = 12) -> str:
     """The sha256 of a JSON-able value (keys sorted), cut to ``length`` hex digits."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
-
-
-def as_before_bf16_auto(node: Any) -> Any:
-    """A recipe dict with every ``bf16: auto`` read as true, as the shipped recipes and the defaults said
-    before auto existed: what studies and caches made then were keyed by."""
-    if isinstance(node, dict):
-        return {k: True if k == "bf16" and v == "auto" else as_before_bf16_auto(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [as_before_bf16_auto(v) for v in node]
-    return node
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

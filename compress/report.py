@@ -168,10 +168,8 @@ def write_csv_rows(path, rows: list[dict]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def verdict_text(v: dict | None, b: dict) -> str:
-    """One baseline's verdict in words; older summaries carry only ``dominated_by_front``."""
-    if v is None:
-        return f"dominated by trial {b['dominated_by_trial']}" if b["dominated_by_front"] else "NOT dominated by the front"
+def verdict_text(v: dict) -> str:
+    """One baseline's verdict (its ``versus_front``) in words."""
     if v["verdict"] == "dominated":
         return f"dominated by trial {v['trial']}: {v.get('why') or 'more accurate'} (McNemar p = {v['p_value']:.3g})"
     if v["verdict"] == "not distinguishable":
@@ -188,7 +186,7 @@ def print_study_summary(summary: dict) -> None:
     short, late = summary.get("n_trials_short_schedule"), summary.get("n_trials_short_for_budget")
     behind, rejected = summary.get("n_trials_short_behind_front"), summary.get("n_trials_int8_rejected")
     why = [f"{late} for the time budget"] * bool(late) + [f"{behind} as they could not reach the front"] * bool(behind)
-    print(f"trials: {summary['n_trials_complete']} complete, {summary['n_trials_pruned']} pruned"
+    print(f"trials: {summary['n_trials_complete']} complete"
           + (f", {slow} too slow to train (timed untrained)" if slow else "")
           + (f", {rejected} finished in fp32 (int8 failed its parity gate)" if rejected else "")
           + (f"; {short} kept their short schedule" + (f" (of them: {', '.join(why)})" if why else "")
@@ -197,7 +195,7 @@ def print_study_summary(summary: dict) -> None:
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
     for k, b in summary["baselines"].items():
         print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
-              f"{verdict_text(b.get('versus_front'), b)}")
+              f"{verdict_text(b['versus_front'])}")
     for k, why in summary.get("baselines_failed", {}).items():
         print(f"baseline {k:<20} NOT BUILT: {why.splitlines()[0][:160]}")
     for key, who in (("artifact_vs_runner_up", "runner-up"), ("artifact_vs_teacher", "teacher")):

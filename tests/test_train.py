@@ -120,7 +120,7 @@ def test_a_restart_schedule_is_two_cycles_each_with_its_own_warm_up_and_decay():
 def test_restart_must_fall_inside_the_schedule():
     with pytest.raises(ValueError, match=r"restart_epochs \(4\) must be below epochs \(4\)"):
         TrainConfig(epochs=4, restart_epochs=4)
-    assert "restart_epochs" not in TrainConfig(epochs=4).model_dump()  # recipes made before it are unchanged
+    assert "restart_epochs" not in TrainConfig(epochs=4).model_dump()  # named only where there is a restart
 
 
 def test_cpu_fp32_training_takes_the_memory_format_whose_step_was_faster(monkeypatch):

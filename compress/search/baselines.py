@@ -47,17 +47,17 @@ def _stage(folder: Path, m: dict) -> Stage:
     return Stage(m["name"], folder / "model.onnx", m["macs"], m["params"], m["int8"], m["parity"])
 
 
-def _cached(folder: Path, keys: list[dict], build, label: str, cache: Path) -> Stage | None:
-    """The stage in ``folder`` when it was made under one of ``keys`` (the first is current, the others
-    what older code keyed it by), else a copy from the shared ``cache``, else ``build(folder)`` (then cached;
-    None when ``build`` is None: only looking)."""
-    digests = [_digest(k) for k in keys]
+def _cached(folder: Path, key: dict, build, label: str, cache: Path) -> Stage | None:
+    """The stage in ``folder`` when it was made under ``key``, else a copy from the shared ``cache``, else
+    ``build(folder)`` (then cached; None when ``build`` is None: only looking). One made under another key
+    (other settings, or an older version of compress) is made again."""
+    digest = _digest(key)
     meta = folder / "stage.json"
     if meta.is_file() and (folder / "model.onnx").is_file():
         m = read_json(meta)
-        if m.get("key") in digests:
+        if m.get("key") == digest:
             return _stage(folder, m)
-    shared = cache / digests[0]
+    shared = cache / digest
     if (shared / "stage.json").is_file() and (shared / "model.onnx").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         copy_atomic(shared / "model.onnx", folder / "model.onnx")
@@ -70,7 +70,7 @@ def _cached(folder: Path, keys: list[dict], build, label: str, cache: Path) -> S
     folder.mkdir(parents=True, exist_ok=True)
     stage = build(folder)
     stage = dataclasses.replace(stage, onnx=stage.onnx.replace(folder / "model.onnx"))
-    m = {"key": digests[0], "name": stage.name, "macs": stage.macs, "params": stage.params, "int8": stage.int8,
+    m = {"key": digest, "name": stage.name, "macs": stage.macs, "params": stage.params, "int8": stage.int8,
          "parity": stage.parity}
     write_json_atomic(meta, m)
     tmp = shared.with_name(f"{shared.name}.{os.getpid()}.tmp")  # whole or absent: two studies may race here
@@ -90,10 +90,10 @@ def model_key(r: Recipe, data: Dataset, tinfo: dict) -> dict:
     teacher actually loaded, and what this machine resolves (bf16: auto, quantize.reduce_range: None)."""
 
     full = r.to_dict()
-    # bf16: auto as each schedule's own device resolves it (one flag, as before, when both train on one device)
+    # bf16: auto as each schedule's own device resolves it
     bf16 = sorted({native_bf16(resolve_device(c.device)) for c in (r.distill.train, r.prune.finetune)})
     return {**{k: full[k] for k in MODEL_SECTIONS}, "data_fingerprint": data.fingerprint, "teacher": tinfo["sha256"],
-            "native_bf16": bf16[0] if len(bf16) == 1 else bf16,
+            "native_bf16": bf16,
             "reduce_range": reduce_range(r.quantize) if r.quantize.enabled else None}
 
 
@@ -109,13 +109,9 @@ class Build:
     state: Path | None = None
     cache: Path = dataclasses.field(default_factory=lambda: CACHE_DIR)
 
-    def keys(self, data: Dataset, tinfo: dict) -> list[dict]:
+    def key(self, data: Dataset, tinfo: dict) -> dict:
         key = {"name": self.name, **model_key(self.recipe, data, tinfo)}
-        if self.state is not None:
-            return [{**key, "resumed_from": sha256_file(self.state)}]
-        # What the code before kept them by, per study: the whole recipe's fingerprint, before and after bf16: auto.
-        return [key, *({"recipe": self.recipe.fingerprint(before_bf16_auto=before), "data": data.fingerprint,
-                        "teacher": tinfo["sha256"]} for before in (False, True))]
+        return key if self.state is None else {**key, "resumed_from": sha256_file(self.state)}
 
 
 def build(b: Build, data: Dataset, teacher: nn.Module, tinfo: dict) -> Stage:
@@ -125,7 +121,7 @@ def build(b: Build, data: Dataset, teacher: nn.Module, tinfo: dict) -> Stage:
         return dataclasses.replace(compress_student(b.recipe, data, teacher, tinfo, folder, state=b.state)[-1],
                                    name=b.name)
 
-    stage = _cached(b.root / b.name, b.keys(data, tinfo), make, b.label, b.cache)
+    stage = _cached(b.root / b.name, b.key(data, tinfo), make, b.label, b.cache)
     evaluated(stage.onnx, data, keep=True)  # in the process that made it (side by side), for the report's paired tests
     return stage
 
@@ -138,7 +134,7 @@ def adopt(b: Build, model: Path, rec: dict, data: Dataset, tinfo: dict) -> Stage
         shutil.copyfile(model, folder / "adopted.onnx")
         return Stage(b.name, folder / "adopted.onnx", rec["macs"], rec["params"], rec["int8"], rec["parity"])
 
-    return _cached(b.root / b.name, b.keys(data, tinfo), copy, b.label, b.cache)
+    return _cached(b.root / b.name, b.key(data, tinfo), copy, b.label, b.cache)
 
 
 def same_untrained(a: Recipe, b: Recipe) -> bool:
@@ -151,7 +147,7 @@ def same_untrained(a: Recipe, b: Recipe) -> bool:
 
 def kept(b: Build, data: Dataset, tinfo: dict) -> Stage | None:
     """``b``'s model when it is kept already (this study's folder or the shared cache): nothing to train."""
-    return _cached(b.root / b.name, b.keys(data, tinfo), None, b.label, b.cache)
+    return _cached(b.root / b.name, b.key(data, tinfo), None, b.label, b.cache)
 
 
 def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dict, processes: int = 1,
@@ -209,7 +205,7 @@ class SideBySide:
     def makes(self, b: Build, data: Dataset, tinfo: dict) -> bool:
         """Whether one of these builds makes ``b``'s model (same name, same model key)."""
         mine = self.builds.get(b.name)
-        return mine is not None and mine.keys(data, tinfo)[0] == b.keys(data, tinfo)[0]
+        return mine is not None and mine.key(data, tinfo) == b.key(data, tinfo)
 
     def stop(self) -> None:
         """Give up on the builds not finished yet: their processes are ended (a finished one is kept, as

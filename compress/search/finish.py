@@ -18,7 +18,6 @@ from compress.io import write_text_atomic
 from compress.measure.capacity import capacity_markdown, plan_for
 from compress.measure.latency import compare, measure
 from compress.measure.verdicts import (
-    accuracy_ci95,
     baseline_verdict,
     pareto_indices,
     test_accuracy_fields,
@@ -115,9 +114,6 @@ def finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock
                 "before training, so none was trained. Widen search.space toward smaller models (more pruning, "
                 "int8, narrower students), relax slo.p95_ms, or set search.skip_slow: false to train them anyway.")
         raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
-    for r in complete:  # trials recorded before model_metrics carried it: from the accuracy (the front's are
-        if "test_accuracy_ci95" not in r:  # recomputed per image below)
-            r["test_accuracy_ci95"] = accuracy_ci95(round(r["test_accuracy"] * len(data.test)), len(data.test))
     # The front comes from the final measurement, so it measures every trial that could be on it: those no other
     # trial beats at trial time by being as accurate and NEAR_FRONT times as fast. (At trial time, a small CNN's
     # p95 read 0.040 ms, alone afterwards 0.058; it had kept a faster CNN off the front measured at the end.)

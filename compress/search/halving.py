@@ -45,7 +45,7 @@ def first_schedule(recipe: Recipe) -> str:
 
 
 def tier_of(family: str, macs: int | None, p50_ms: float | None = None) -> str:
-    """The candidates search.halving compares (and the pruner's curves): one family, MACs within 2x and, when
+    """The candidates search.halving compares: one family, MACs within 2x and, when
     timed before training, p50 within one band of 1.5x. The 8-wide 2-deep and the 16-wide 1-deep CNN both have
     ~2 MMACs, but ran at p50 0.06-0.08 and 0.04-0.05 ms: different points of the front, not rivals."""
     tier = f"{family}-{int(math.log2(max(macs or 1, 1)))}"

@@ -3,24 +3,17 @@
 Two objectives: maximise validation accuracy, minimise latency p95 on the target. The service level
 (p95 bound, largest accuracy drop) enters as Optuna constraints, so infeasible trials are kept and shown
 but never chosen. The study lives in an Optuna storage (SQLite by default), so it resumes, and
-optuna-dashboard can watch it live.
-
-Optuna's pruners do not support multi-objective studies (optuna/optuna#3450), so each trial's learning
-curve is reported to a companion single-objective study (``<name>:curves:<tier>``) whose pruner decides.
-Curves are grouped by student family and cost tier (MACs within 2x): a small, fast student is only
-compared with students of its kind and size, never stopped for learning slower than a large one.
+optuna-dashboard can watch it live. Early stopping is successive halving's (compress.search.halving).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-import warnings
 from typing import Any
 
 import optuna
 from optuna.artifacts import upload_artifact
-from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress.data import Dataset
@@ -32,7 +25,6 @@ from compress.pipeline import (
     build_student,
     compress_student,
     evaluated,
-    from_teacher,
     model_metrics,
     probe_latency,
     trains,
@@ -52,17 +44,6 @@ from compress.storage import is_connection_error, me
 from compress.teacher import model_size
 
 
-def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
-    p = recipe.search.pruner
-    if p == "median":
-        # Not before 3 curves of the same tier exist, and never on the first epoch (too noisy).
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    if p == "hyperband":
-        epochs = max(recipe.distill.train.epochs, recipe.prune.finetune.epochs)  # scratch or from-teacher schedule
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    return optuna.pruners.NopPruner()
-
-
 @dataclasses.dataclass
 class Objective:
     recipe: Recipe
@@ -74,11 +55,6 @@ class Objective:
     study: optuna.Study
     store: Any = None  # Optuna artifact store: every complete trial's model is uploaded there
     claimed: Any = None  # called once the trial exists in the storage: ends the claim (StudyLock.release)
-
-    def _curves(self, tier: str) -> optuna.Study:
-        # Same storage; curve trials are driven by ask/tell, not by Study.optimize.
-        return optuna.create_study(storage=self.study._storage, study_name=f"{self.recipe.name}:curves:{tier}",
-                                   direction="maximize", pruner=_pruner(self.recipe), load_if_exists=True)
 
     def __call__(self, trial: optuna.Trial):
 
@@ -142,36 +118,12 @@ class Objective:
                     "kept short (behind the front)" if behind else "kept short (run budget)" if late else
                     "promoted" if promoted else "not promoted"))  # why: the trial's "halving" attribute
                 return goes_on
-        curves = self._curves(tier)
-        with warnings.catch_warnings():  # ask/tell on a storage with heartbeats: intended, the main study beats
-            warnings.simplefilter("ignore", UserWarning)
-            curve = curves.ask()
-        trial.set_user_attr("curve", f"{curves.study_name}#{curve.number}")
-        # After the last epoch of a student's only training, measuring it costs less than pruning would save.
-        only = from_teacher(r) or not r.prune.enabled
-        last = (r.prune.finetune if from_teacher(r) else r.distill.train).epochs - 1
+        trial.set_user_attr("tier", tier)  # set as training starts
+        stages = self._compress(r, work, trial, at_restart, short)
+        return self._measured(trial, r, stages, work, paused0)
 
-        def on_epoch(epoch: int, acc: float) -> None:
-            curve.report(acc, epoch)
-            if not (only and epoch >= last) and curve.should_prune():
-                curves.tell(curve, state=TrialState.PRUNED)
-                raise optuna.TrialPruned(f"val accuracy {acc:.4f} after epoch {epoch + 1} is below its tier's median")
-
-        try:
-            stages = self._compress(r, work, trial, on_epoch, at_restart, short)
-        except optuna.TrialPruned:
-            raise
-        except BaseException as err:
-
-            if not is_connection_error(err):
-                curves.tell(curve, state=TrialState.FAIL)
-            raise
-        val, p95 = self._measured(trial, r, stages, work, paused0)
-        curves.tell(curve, val)
-        return val, p95
-
-    def _compress(self, r: Recipe, work, trial: optuna.Trial, on_epoch=None, at_restart=None, short=None) -> list:
-        """compress_student, with a failure recorded on the trial (a pruned trial leaves no files). A candidate
+    def _compress(self, r: Recipe, work, trial: optuna.Trial, at_restart=None, short=None) -> list:
+        """compress_student, with a failure recorded on the trial. A candidate
         whose int8 copy fails its parity gate is finished in fp32, recorded as such (``int8_rejected``, and
         quantize.enabled false among its overrides, so its recipe makes its model): its training is not lost,
         and the sampler learns what int8 gave there (nothing) instead of proposing it again, as it does a
@@ -183,11 +135,8 @@ class Objective:
             tqdm.write(f"trial {trial.number}: int8 failed its parity gate, finished in fp32: {str(err)[:300]}")
 
         try:
-            return compress_student(r, self.data, self.teacher, self.teacher_info, work, on_epoch, at_restart, short,
+            return compress_student(r, self.data, self.teacher, self.teacher_info, work, None, at_restart, short,
                                     state=work / RESTART_STATE if short else None, int8_rejected=rejected)
-        except optuna.TrialPruned:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
         except Exception as err:
 
             if not is_connection_error(err):  # the database, not the candidate: the trial is run again

@@ -39,7 +39,6 @@ def summary_of(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clo
         "chosen_params": chosen["params_"],
         "n_trials_complete": states.count(TrialState.COMPLETE) - untrained,
         "n_trials_untrained_too_slow": untrained,  # timed before training, missed the p95 bound, not trained
-        "n_trials_pruned": states.count(TrialState.PRUNED),
         # search.halving: trials whose model had the short schedule only, and those promoted to the full one
         "n_trials_short_schedule": sum(t.user_attrs.get("halving", {}).get("promoted") is False for t in study.trials),
         "n_trials_promoted": sum(t.user_attrs.get("halving", {}).get("promoted") is True for t in study.trials),

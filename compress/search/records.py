@@ -25,13 +25,9 @@ CONSTRAINTS = ("p95_ms_over_slo", "accuracy_drop_pp_over_max", "batch_cores_over
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """The trial's constraint values in ``CONSTRAINTS`` order, <= 0 feasible; unmeasured trials are infeasible.
-    Studies made before the list form stored them by name (``Trial.set_constraint``)."""
-    c = trial.constraints
-    for keys in ([str(i) for i in range(len(CONSTRAINTS))], list(CONSTRAINTS)):
-        if all(k in c for k in keys):
-            return [c[k] for k in keys]
-    return [1.0] * len(CONSTRAINTS)
+    """The trial's constraint values in ``CONSTRAINTS`` order, <= 0 feasible; unmeasured trials are infeasible."""
+    c = trial.system_attrs.get("constraints")  # the list form objective.set_constraints writes
+    return list(c) if c is not None and len(c) == len(CONSTRAINTS) else [1.0] * len(CONSTRAINTS)
 
 
 def constraint_values(val_accuracy: float, p95_ms: float, throughput_sps: float, teacher_val_accuracy: float,

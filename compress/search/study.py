@@ -11,15 +11,8 @@ from optuna.artifacts import (
     FileSystemArtifactStore,
     GCSArtifactStore,
 )
-from tqdm.auto import tqdm
 
-from compress.recipe import (
-    HalvingConfig,
-    Recipe,
-    RecipeError,
-    as_before_bf16_auto,
-    fingerprint_of,
-)
+from compress.recipe import Recipe, RecipeError, fingerprint_of
 from compress.search.space import covering_startup
 from compress.storage import StudyLock, mask, open_storage
 
@@ -35,27 +28,18 @@ def artifact_location(recipe: Recipe) -> str:
     return recipe.search.artifacts or str((recipe.out_path / "artifacts").resolve())
 
 
-def search_fingerprint(recipe: Recipe, before_bf16_auto: bool = False) -> str:
-    """What makes two runs the same study: everything but how long to run and where it is kept.
-    ``before_bf16_auto``: as the code before ``bf16: auto`` computed it, every auto read as true (what the
-    shipped recipes and the defaults said then), so that studies made then still resume."""
+# The search settings that say how long, where and with how many processes a search runs, not which search it is.
+NOT_THE_STUDY = ("n_trials", "timeout_s", "wall_time_s", "storage", "artifacts", "workers", "finish_processes")
+
+
+def search_fingerprint(recipe: Recipe) -> str:
+    """What makes two runs the same study: the resolved recipe (every default filled in) less
+    ``NOT_THE_STUDY`` and output_dir."""
     data = recipe.to_dict()
-    for k in ("n_trials", "timeout_s", "storage", "artifacts"):
-        data["search"].pop(k)
-    data["output_dir"] = "."
-    resolved = Recipe.model_validate(data).to_dict()  # every default filled in, as Recipe.fingerprint hashes it
-    del resolved["search"]["finish_processes"]  # how the models after the search are trained, not which
-    del resolved["search"]["wall_time_s"]  # how long to run
-    del resolved["search"]["workers"]  # how many processes run the trials, not which
-    if not resolved["search"]["enqueue"]:
-        del resolved["search"]["enqueue"]  # none, as before it existed: studies made then still resume
-    if resolved["search"]["halving"]["front"]:
-        del resolved["search"]["halving"]["front"]  # on, its default: studies made before it existed still resume
-    if not resolved["search"]["halving"]["bootstrap"]:
-        del resolved["search"]["halving"]["bootstrap"]  # 0, its default: studies made before it existed still resume
-    if resolved["search"]["halving"] == HalvingConfig().model_dump(mode="json", exclude={"front", "bootstrap"}):
-        del resolved["search"]["halving"]  # off, as before it existed: studies made then still resume
-    return fingerprint_of(as_before_bf16_auto(resolved) if before_bf16_auto else resolved)
+    del data["output_dir"]
+    for k in NOT_THE_STUDY:
+        del data["search"][k]
+    return fingerprint_of(data)
 
 
 def sampler(recipe: Recipe, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -77,7 +61,8 @@ def sampler(recipe: Recipe, offset: int = 0) -> optuna.samplers.BaseSampler:
 
 
 def open_study(recipe: Recipe) -> optuna.Study:
-    """Create the study, or load it to resume or to join it; refuses a stored study made by a different recipe."""
+    """Create the study, or load it to resume or to join it; refuses a stored study made by a different recipe
+    or by an older version of compress (its fingerprint differs)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(recipe)
     storage = open_storage(url)
@@ -98,14 +83,12 @@ def open_study(recipe: Recipe) -> optuna.Study:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(["val_accuracy", "latency_p95_ms"])
-        elif stored != fp and stored == search_fingerprint(recipe, before_bf16_auto=True):
-            tqdm.write(f"study {recipe.name!r} was made before bf16: auto (its recipe's bf16 then read true): resumed; "
-                       "the trials it adds train with bf16: auto")
         elif stored != fp:
             raise RecipeError(
-                f"study {recipe.name!r} in {mask(url)} was made by a different recipe (fingerprint {stored} vs {fp} "
-                "now); resuming would mix trials of two searches. Rename the recipe (name:), pass another --storage, "
-                "or delete the old study to start again.")
+                f"study {recipe.name!r} in {mask(url)} was made by a different recipe or by an older version of "
+                f"compress (fingerprint {stored} vs {fp} now); resuming would mix trials of two searches, and an "
+                "older version's study is not read. Delete the old study to search again, or keep it and rename "
+                "the recipe (name:) or pass another --storage.")
     return study
 
 

@@ -52,6 +52,8 @@ MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (on
 FINISHER_BEAT_S = 10.0
 
 
+# Optuna's heartbeat fails another host's dead worker's trial after its grace period; on this host the
+# process table says at once (tests/test_workers.py: kill -9 mid-training).
 def fail_dead(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials whose worker is dead: on this host at once (its process is gone), on others when
     Optuna's heartbeat is stale. Returns their numbers."""
@@ -75,6 +77,8 @@ def fail_dead(study: optuna.Study) -> list[int]:
     return failed
 
 
+# Not RetryHeartbeatStaleTrialCallback: it retries only trials failed by a stale heartbeat, not those of a
+# worker killed on this host or interrupted (tests/test_search.py: test_interrupted_trial_is_failed_...).
 def requeue_failed(study: optuna.Study) -> list[int]:
     """Queue the parameters of each trial that failed without an error of its own (its worker died, or was
     interrupted) once more; a trial that raised (e.g. int8 parity) would only fail again."""
@@ -104,6 +108,8 @@ def queue_covering(study: optuna.Study) -> None:
             return
 
 
+# Not MaxTrialsCallback: it stops a worker after its trial ends, not before one starts, so each other worker's
+# running trial would overshoot search.n_trials (tests/test_workers.py: two workers, exactly n_trials trials).
 def budget_left(study: optuna.Study, recipe: Recipe) -> str | None:
     """None while this worker may start a trial; otherwise why not."""
     trials = study.get_trials(deepcopy=False)
