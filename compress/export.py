@@ -97,10 +97,9 @@ def onnx_accuracy(path: str | Path, split: Split) -> float:
 
 
 def reference_logits(model: nn.Module, split: Split) -> np.ndarray:
-    """PyTorch's logits for ``split``, in order (fp32; images in channels_last, as evaluation runs them):
-    computed once for both checks of one model, its fp32 export and its int8 copy (for the default teacher, each
-    pass took 25 s of a trial's ~75 on one core; the teacher as it is reads its own from a cache,
-    ``distill.cached_teacher_logits(exact=True)``)."""
+    """PyTorch's fp32 logits for ``split``, in order: computed once for both parity checks of one model (its
+    fp32 export and its int8 copy), as a pass is a large share of a trial. The unchanged teacher reads its
+    own from a cache (``distill.cached_teacher_logits(exact=True)``)."""
 
     return predict_logits(model, split, 500).numpy()
 

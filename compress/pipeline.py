@@ -109,9 +109,8 @@ def prepare(recipe: Recipe, data: Dataset | None = None) -> tuple[Dataset, nn.Mo
 
 def evaluated(onnx: Path, data: Dataset, keep: bool = False) -> tuple[float, np.ndarray]:
     """An ONNX model's validation accuracy and per-sample correctness on the test split (for paired tests).
-    ``keep``: kept beside the file (``<stem>.accuracy.json``, by its sha256 and the data's fingerprint), so the
-    report reads what a trial or a baseline's own process computed (the default study's paired tests took 17 s
-    of its tail, 15 of them for the baselines)."""
+    ``keep``: kept beside the file (``<stem>.accuracy.json``, keyed by its sha256 and the data's fingerprint),
+    so the report reads what a trial or a baseline's own process computed instead of evaluating it again."""
     onnx = Path(onnx)
     kept_at, key = onnx.with_name(f"{onnx.stem}.accuracy.json"), None
     if keep:
@@ -193,21 +192,17 @@ def _prune_and_adapt(model: nn.Module, cfg: PruneConfig, spec: InputSpec, data: 
 
 
 # A probe whose p95 misses the service level by less than this factor is timed in a second window before its
-# candidate is left untrained. In a study of fdafcae on the reference machine the enqueued 0.65-pruned teacher
-# was probed at p50 0.201 / p95 0.322 ms (95% CI from 0.311) and not trained, where ten probes of the same
-# architecture in the study before read p50 0.120-0.123 / p95 0.154-0.204; the same model's p95 moved
-# 0.23 <-> 0.36 ms between minutes of one study there (compress.study.NEAR_FRONT).
+# candidate is left untrained: one model's p95 can move ~1.5x between minutes on a shared machine
+# (measured: results/README.md, "Latency first").
 RECHECK_BELOW = 1.6
 
 
 def probe_latency(recipe: Recipe, data: Dataset, teacher: nn.Module, work: Path,
                   windows: list[float] | None = None) -> LatencyStats:
-    """The candidate's latency before any training: its architecture built, pruned (per-layer ratios give
-    the trained model's channel counts; a teacher copy is pruned exactly as its trial will prune it),
-    exported and, with int8 on, quantized with a small calibration set, then timed like the final model.
-    Dense kernels take as long whatever the weights are, so this is the trained model's latency. A near miss
-    of the service level (``RECHECK_BELOW``) is timed again, and the less disturbed window (the lower p95:
-    interference only adds latency) is returned; ``windows`` gets each window's p95."""
+    """The candidate's latency before any training: its architecture built, pruned and exported (quantized
+    with a small calibration set when int8 is on), then timed like the final model; dense kernels take as
+    long whatever the weights are. A near miss of the service level (``RECHECK_BELOW``) is timed again and
+    the lower p95 kept (interference only adds latency); ``windows`` gets each window's p95."""
 
     torch.manual_seed(recipe.seed)
     p, q = recipe.prune, recipe.quantize
@@ -246,13 +241,11 @@ def compress_student(recipe: Recipe, data: Dataset, teacher: nn.Module, teacher_
     (prune, then distil: Sanh et al. 2020, Muralidharan et al. 2024). Unpruned (``prune.ratio: 0`` or
     pruning off), it is not trained: only exported and, with int8 on, quantized.
 
-    ``at_restart`` (search.halving) is called when the first schedule's first cycle ends (its
-    ``restart_epochs``); when it returns False that schedule stops there and the later ones follow the
-    recipe with the ``short`` overrides, so the model is the one ``with_values(recipe, short)`` makes.
-    ``state`` is that first schedule's restart state (``train_``): saved there when it stops, resumed from
-    when it exists, so the rest of a candidate kept short can be trained later without its first cycle.
-    ``int8_rejected`` (the search): when the int8 copy fails its parity gate, it is called with the error and
-    the fp32 stages are returned, so the trained model is not lost; without it the error propagates.
+    ``at_restart`` (search.halving) is called when the first schedule's first cycle ends; when it returns
+    False that schedule stops there and the later ones use the ``short`` overrides, so the model is the one
+    ``with_values(recipe, short)`` makes. ``state``: the first schedule's restart state (``train_``), so a
+    candidate kept short can be finished later without its first cycle. ``int8_rejected``: called when the
+    int8 copy fails its parity gate, and the fp32 stages are returned; without it the error propagates.
     """
     torch.manual_seed(recipe.seed)
     d, p, q = recipe.distill, recipe.prune, recipe.quantize

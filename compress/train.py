@@ -32,7 +32,7 @@ _threads: Callable[[], int] | None = None
 @contextlib.contextmanager
 def threads_from(fn: Callable[[], int]):
     """Within the block every training step first gives this process ``fn()`` torch threads: a training started
-    on a worker's share of the cores takes them all once the other workers are done (compress.study)."""
+    on a share of the cores takes them all once the other trainings are done (``search.finish``)."""
     global _threads
     before, _threads = _threads, fn
     try:
@@ -59,8 +59,8 @@ def resolve_device(name: str) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU that supports it, or a CPU oneDNN runs bf16 on
-    (AVX-512 and up). Elsewhere autocast emulates bf16: a training step ran 7-8x slower than fp32 on an AVX2
-    EPYC (results/bf16_cpu.json)."""
+    (AVX-512 and up). Elsewhere autocast emulates bf16, several times slower than fp32 (measured:
+    results/README.md, bf16_cpu.json)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
@@ -92,12 +92,10 @@ _formats: dict[tuple, torch.memory_format] = {}
 
 
 def training_format(model: nn.Module, batch_shape: tuple[int, ...], device: torch.device) -> torch.memory_format:
-    """The memory format a CPU fp32 training step of ``model`` runs faster in, timed on a copy (1 step to warm
-    up, then 3 steps each, alternating; median) once per architecture, batch shape and thread count in this
-    process, so that every model of one architecture trains alike. Neither wins everywhere: on an AVX2 EPYC,
-    channels_last made a step of the default teacher pruned by 0.5 1.28x faster (results/bf16_cpu.json), and
-    one of the 12-wide 2-deep CNN 1.10x faster in one run, 1.12x slower in another. Elsewhere (feature
-    vectors, a GPU) contiguous, as before."""
+    """The memory format a CPU fp32 training step of ``model`` runs faster in, timed on a copy once per
+    architecture, batch shape and thread count in this process, so every model of one architecture trains
+    alike. Neither format wins everywhere (measured: results/README.md, bf16_cpu.json). Feature vectors and
+    GPUs: contiguous."""
     import statistics
 
     if len(batch_shape) != 4 or device.type != "cpu":
@@ -125,8 +123,7 @@ def training_format(model: nn.Module, batch_shape: tuple[int, ...], device: torc
 
 
 def _time_steps(model: nn.Module, x: torch.Tensor, times: dict) -> None:
-    """Training steps of a copy of ``model`` in each memory format of ``times``, alternating: 1 to warm up,
-    then 3 timed (1 when a step takes over a second: enough to tell, and cheap next to an epoch)."""
+    """Alternating steps per format: 1 to warm up, then 3 timed (1 when a step takes over a second)."""
     import copy
 
     setups = []
@@ -151,10 +148,9 @@ def _time_steps(model: nn.Module, x: torch.Tensor, times: dict) -> None:
 @torch.no_grad()
 def iter_logits(model: nn.Module, split: Split, batch_size: int = 1000, bf16: bool = False):
     """(index, logits on the CPU) batch by batch, computed on the model's device. Images go through a CPU
-    model in channels_last (the model is back in contiguous format afterwards): 1.34-2.0x the samples per second
-    of contiguous for the default study's models on the reference machine, the same arithmetic
-    (results/inference_format.json). ``bf16``: in bf16 autocast (the teacher's soft targets, where native: 2.65x
-    fp32 contiguous there), never for accuracy."""
+    model in channels_last, faster than contiguous for the same arithmetic (measured: results/README.md,
+    inference_format.json); the model is contiguous again afterwards. ``bf16``: in bf16 autocast (the
+    teacher's soft targets, where native), never for accuracy."""
     model.eval()
     device = model_device(model)
     fmt = torch.channels_last if device.type == "cpu" and split.raw.dim() == 4 else torch.contiguous_format
@@ -215,16 +211,13 @@ def train_(
     """Train ``model`` in place on ``cfg.device``; returns the validation accuracy after each epoch (empty
     without ``val``). The model is back on the CPU, in eval mode, when this returns.
 
-    With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy and its seconds of
-    training (its epochs and their validation) are passed to ``at_restart`` when that cycle ends; when it
-    returns False training stops there, and the model is the
-    one a ``restart_epochs``-epoch schedule makes (same seed, same batches, same learning rates).
+    With ``cfg.restart_epochs`` and ``at_restart``, the first cycle's validation accuracy and training seconds
+    go to ``at_restart`` when that cycle ends; if it returns False training stops there, with the model a
+    ``restart_epochs``-epoch schedule makes (same seed, batches and learning rates).
 
-    ``state`` is that stop's file: when training stops at the restart, everything the rest of the schedule
-    needs (weights, optimizer, learning-rate step, batch order, validation so far) is saved there; when it
-    exists and fits this model and schedule, training resumes from it at the restart, so the model is the one
-    the uninterrupted schedule makes without its first cycle trained again. One that does not fit, or
-    cannot be read, is reported and the schedule trained from the start."""
+    ``state`` is that stop's file: everything the rest of the schedule needs is saved there, and a later call
+    that finds a state fitting this model and schedule resumes from the restart instead of retraining the
+    first cycle. One that does not fit, or cannot be read, is reported and ignored."""
     device = resolve_device(cfg.device)
     kinds = cfg.augmentations
     if kinds and train.raw.dim() != 4:

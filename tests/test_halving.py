@@ -23,7 +23,7 @@ def _full_schedule(recipe, chosen, data, teacher, tinfo, teacher_val, target):
 
     plan = full_plan(recipe, chosen)
     if plan is None:
-        return None
+        return None, None
     return full_result(recipe, chosen, plan, bl.build(plan.build, data, teacher, tinfo), data, teacher_val, target, 0)
 
 
@@ -293,22 +293,22 @@ def test_the_chosen_candidate_kept_short_is_trained_on_its_full_schedule(tiny_da
                 "val_accuracy": val_accuracy, "artifact_path": "trials/3/model.onnx", "model_sha256": "x"}
 
     chosen = short(0.0)
-    result = _full_schedule(r, chosen, tiny_data, teacher, tinfo, 0.9, target)
+    handed, result = _full_schedule(r, chosen, tiny_data, teacher, tinfo, 0.9, target)
     assert made == [2]  # tiny_search's distill.train.epochs
     assert result["handed_over"] == "full" and result["trial_schedule"] == {"distill.train.epochs": 1}
-    assert chosen["artifact_path"].endswith("trial_3_full/model.onnx") and chosen["overrides"] == {}
-    assert chosen["val_accuracy"] == result["full_val_accuracy"] > 0 and "model_sha256" not in chosen
-    assert chosen["full_schedule"] == result and chosen["latency_measured"] == "final"
+    assert handed["artifact_path"].endswith("trial_3_full/model.onnx") and handed["overrides"] == {}
+    assert handed["val_accuracy"] == result["full_val_accuracy"] > 0 and "model_sha256" not in handed
+    assert handed["full_schedule"] == result and handed["latency_measured"] == "final"
+    assert chosen == short(0.0)  # the trial's record is not changed
     # More accurate on its short schedule (by construction here): the short one stays, the numbers are said.
-    kept = short(1.0)
-    result = _full_schedule(r, kept, tiny_data, teacher, tinfo, 0.9, target)
+    kept, result = _full_schedule(r, short(1.0), tiny_data, teacher, tinfo, 0.9, target)
     assert made == [2]  # the same full model, from the first call's folder
     assert result["handed_over"] == "trial" and kept["artifact_path"] == "trials/3/model.onnx"
     assert kept["overrides"] == {"distill.train.epochs": 1} and kept["val_accuracy"] == 1.0
     # A trial that had its full schedule is handed over as it is, unless it trained on part of the split.
-    assert _full_schedule(r, {**short(0.5), "schedule": "full"}, tiny_data, teacher, tinfo, 0.9, target) is None
+    assert _full_schedule(r, {**short(0.5), "schedule": "full"}, tiny_data, teacher, tinfo, 0.9, target)[1] is None
     part = with_values(r, {"search.train_fraction": 0.5})
-    result = _full_schedule(part, {**short(1.0), "schedule": "full"}, tiny_data, teacher, tinfo, 0.9, target)
+    _, result = _full_schedule(part, {**short(1.0), "schedule": "full"}, tiny_data, teacher, tinfo, 0.9, target)
     assert made == [2] and result["trial_schedule"] == {} and result["trial_train_fraction"] == 0.5
 
 
@@ -388,17 +388,17 @@ def test_the_chosen_candidate_kept_short_goes_on_from_its_saved_state(tiny_data,
     real = bl.compress_student
     monkeypatch.setattr(bl, "compress_student", lambda *a, **k: made.append(k.get("state")) or real(*a, **k))
     capsys.readouterr()
-    result = _full_schedule(r, chosen, tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
+    handed, result = _full_schedule(r, chosen, tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
     assert made == [folder / RESTART_STATE] and result["resumed_from_short"] is True
-    assert chosen["overrides"] == {"distill.train.restart_epochs": 1}  # its recipe: the promoted trial's
+    assert handed["overrides"] == {"distill.train.restart_epochs": 1}  # its recipe: the promoted trial's
     out = capsys.readouterr().out
     assert "(resumed from its short one)" in out and "resuming at epoch 2/2" in out
     promoted = compress_student(trial_recipe, tiny_data, teacher, tinfo, tmp_path / "promoted",
                                 at_restart=lambda a, s: True)
-    _logits_equal(chosen["artifact_path"], promoted[-1], tiny_data.val)
+    _logits_equal(handed["artifact_path"], promoted[-1], tiny_data.val)
     # Without the saved state (a trial another machine ran), the whole schedule is trained from the start.
     (folder / RESTART_STATE).unlink()
-    result = _full_schedule(r, short(4), tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
+    _, result = _full_schedule(r, short(4), tiny_data, teacher, tinfo, 0.9, (1, 1, "cpu"))
     assert made == [folder / RESTART_STATE, None] and result["resumed_from_short"] is False
 
 

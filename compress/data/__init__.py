@@ -6,8 +6,8 @@ or float32 feature vectors N x D. This module then carves the validation split f
 when the data has none (seeded, fixed), computes the normalisation on the training split when the recipe
 omits it, and records everything in one ``InputSpec`` (``compress.spec``) that every later stage reads.
 
-The splits are held in memory as raw tensors and normalised per batch: Fashion-MNIST is ~55 MB,
-CIFAR-10 ~180 MB. (Streaming folder trees larger than memory is not built yet.)
+The splits are held in memory as raw tensors and normalised per batch (Fashion-MNIST is ~55 MB,
+CIFAR-10 ~180 MB); a folder tree larger than memory is streamed from disk (``LazyImages``).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         shape = (-1, 1, 1) if raw.kind == "image" else (-1,)
         mean = torch.tensor(spec.mean, dtype=torch.float32).reshape(shape)
         std = torch.tensor(spec.std, dtype=torch.float32).reshape(shape)
-        if len(spec.mean) == 1:  # one statistic for every channel: a scalar, exactly as the demo always did
+        if len(spec.mean) == 1:  # one statistic for every channel: a scalar
             mean, std = float(spec.mean[0]), float(spec.std[0])
         splits.append(Split(x, y.long(), mean, std, spec.divide).head(n))
     tr, va, te = splits

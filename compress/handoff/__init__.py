@@ -7,8 +7,8 @@ gave, the test split when it is small enough to travel, and a Triton model-repos
 manifest itself (``compress.manifest_sha256``), so an edit to either is caught.
 
 Everything about the input (shape, layout, preprocessing, labels) comes from the ``InputSpec`` recorded
-under ``preprocessing``; a ``compress-bundle/1`` bundle (the Fashion-MNIST demo's, before the spec existed)
-is read as the Fashion-MNIST spec.
+under ``preprocessing``; a ``compress-bundle/1`` bundle, which has no such record, is read as the
+Fashion-MNIST spec (bundles are shipped, so their format keeps versions).
 
 ``bundle`` writes it (called by the study), ``verify`` and ``predict`` read it, ``common`` holds what both
 sides share. This package imports neither torch nor the training code: ``compress verify`` and

@@ -118,9 +118,9 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, test: tuple[np.n
     """Write the bundle into ``folder`` via a staging folder; returns ``folder``.
 
     ``manifest`` holds everything known about the model: ``spec_fields(spec)`` and what ``_card`` reads.
-    ``test`` is the raw test split as ``load_dataset`` gives it (uint8 N x C x H x W images or float32
-    N x D vectors, as an array, a tensor or streamed images that read themselves when converted; int labels). This adds the samples (the first ``N_SAMPLES`` test samples, their inputs
-    and the outputs ``model_src`` gives), the test split when it may travel, metadata and hashes.
+    ``test`` is the raw test split as ``load_dataset`` gives it (images, vectors or streamed images; int
+    labels). This adds the first ``N_SAMPLES`` test samples with the outputs ``model_src`` gives, the test
+    split when it may travel, metadata and hashes.
     """
     spec = InputSpec.from_dict(manifest["preprocessing"])
     raw, labels = test[0], np.asarray(test[1], dtype=np.int64)

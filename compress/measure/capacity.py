@@ -14,8 +14,8 @@ from compress.recipe import Recipe
 
 
 def default_threads(cores: int) -> list[int]:
-    """The thread counts swept when capacity.threads is unset: 1, 2, 4, ... and all the cores, so the sweep
-    grows with the log of the core count (every count from 1 to 16 made it 8x longer on 16 cores than on 2)."""
+    """Thread counts swept when capacity.threads is unset: 1, 2, 4, ... and all the cores, so the sweep
+    grows with the log of the core count, not linearly."""
     return sorted({2**k for k in range(cores.bit_length()) if 2**k < cores} | {cores})
 
 
@@ -64,8 +64,8 @@ def plan_for(name: str, onnx: str | Path, online_stats: dict, recipe: Recipe, co
     """Sweep one model and plan both requirement forms; returns (plan, sweep rows)."""
     cap, slo, cost = recipe.capacity, recipe.slo, recipe.cost
     threads = cap.threads or default_threads(cores)
-    # Throughput, from the mean: time-bounded settings (see latency.compare's bounded). With 50 runs, 20 warm-up
-    # runs, windows of 20 and a second attempt, the teacher's batch-128 setting alone took 88 s (AVX2 machine).
+    # Throughput comes from the mean, so each setting is time-bounded with fewer runs: the online protocol's
+    # run counts make one large-batch teacher setting take over a minute.
     cfg = recipe.latency.model_copy(update={"max_seconds": cap.max_seconds, "min_runs": 20, "warmup_runs": 5})
     gpu_rows = []
     if recipe.target.device == "cuda":  # the GPU's throughput; CPU replicas are swept below for the comparison

@@ -31,12 +31,8 @@ if TYPE_CHECKING:  # at run time any object with these fields will do: verify ru
 
 ROUND = 50  # timed runs per model per interleaving round (fewer when the slowest model is slow; see round_size)
 ROUND_MS = 120.0  # ... so that a round of the slowest model takes about this long, at least 1 run
-# Untimed runs of a model each time the interleaving switches to it: the first runs after another model
-# ran find its weights out of cache. Timing them would put cold runs into the tail and measure a switching
-# cost a serving replica never pays. Measured on the reference machine with the 8 models of a study's final
-# measurement (teacher, front, baselines), for a 0.19 ms model whose p95 alone was 0.217-0.219 ms:
-# 10 runs a round with 2 re-warm runs gave p95 0.258 and 0.228 ms (0.288 in the study itself); 10 with 10
-# gave 0.225; 50 with 10 gave 0.222. p50 was 0.19 throughout.
+# Untimed runs of a model each time the interleaving switches to it: its first runs find its weights out of
+# cache, and timing them would put a switching cost a serving replica never pays into the tail.
 REWARM = 10  # (a fifth of the round when rounds are shorter, at least 1)
 CI_TARGET = 0.02  # stop once the 95% CI of p50 is within +-2% of it
 P95_CI_TARGET = 0.04  # ... and that of p95 within +-4%: with 300 runs the p95 rank is uncertain by +-2.5%-points
@@ -227,8 +223,7 @@ def compare(models: dict[str, str | Path], cfg: LatencyConfig, batch_size: int =
     A set whose p50 or p95 confidence interval is still too wide at the cap is measured again with twice the time.
     ``bounded``: a throughput figure, not a tail percentile: the warm-up after ``cfg.warmup_runs`` lasts at
     most ``cfg.max_seconds`` and a noisy set is not measured again, so a setting costs about the warm-up runs
-    + max(``cfg.min_runs`` runs, ``cfg.max_seconds``) whatever the model (a teacher's 0.5 s batch-128 setting
-    took 88 s unbounded).
+    + max(``cfg.min_runs`` runs, ``cfg.max_seconds``) whatever the model.
     """
     with measuring(), pinned(threads), _gc_paused():  # neighbours on this host pause meanwhile
         runners = {k: runner(p, batch_size, threads, device, backend) for k, p in models.items()}
@@ -281,9 +276,7 @@ def round_size(medians_ms: list[float]) -> tuple[int, int]:
 
 
 def _warm_up(run, runs: int, window: int = 20, max_windows: int = 25, max_s: float | None = None) -> float:
-    """``runs`` untimed runs, then windows of ``window`` until two successive window medians agree within 2%
-    (caches, allocator and clock have settled), at most ``max_windows`` windows, and after the untimed runs
-    at most ``max_s`` seconds when given; returns the last median (ms)."""
+    """Run until two successive window medians agree within 2% (or the window/time cap); the last median in ms."""
     for _ in range(runs):
         run()
     deadline = math.inf if max_s is None else time.perf_counter() + max_s

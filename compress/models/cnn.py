@@ -5,10 +5,8 @@ channels, then average pooling to a ``pool`` x ``pool`` grid and one linear laye
 residuals) keep the ONNX graph short, which matters at batch 1 where per-node overhead dominates.
 
 ``pool`` 1 is global average pooling; 7 keeps every position of a 28-pixel image's last 7x7 map for the
-linear layer (the "conv + fully connected" head of the classic small Fashion-MNIST CNNs). Distilled 10 epochs
-at T 4, alpha 0.9 on one core, 7 over 1 gave the 4-wide one-layer CNN 90.76% validation accuracy instead of
-87.42%, the 8-wide two-layer one 93.48% instead of 92.20%, for ~1-3 us more p50 at batch 1 (0.0304 vs 0.0287
-ms, 0.0859 vs 0.0830, measured interleaved in one process on the reference machine).
+linear layer (the "conv + fully connected" head of the classic small Fashion-MNIST CNNs), which buys small
+CNNs 1-3 points of accuracy for microseconds of latency (measured: results/README.md, default recipe choices).
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def adopt(b: Build, model: Path, rec: dict, data: Dataset, tinfo: dict) -> Stage
 def same_untrained(a: Recipe, b: Recipe) -> bool:
     """Whether two recipes make the same model without any training: the teacher as it is (no channel removed),
     quantized and exported alike from the same calibration sample (seed); KD and pruning settings then shape
-    nothing. The default study's int8 teacher baseline is its teacher trial in quantize.format (~1 min on one core)."""
+    nothing. So the int8 teacher baseline can be copied from a trial of the teacher as it is."""
     return (not trains(a) and not trains(b) and a.student.model == b.student.model == TEACHER_FAMILY
             and all(getattr(a, k) == getattr(b, k) for k in ("seed", "data", "teacher", "quantize", "export")))
 
@@ -154,12 +154,10 @@ def build_all(builds: list[Build], data: Dataset, teacher: nn.Module, tinfo: dic
               meanwhile=None) -> dict[str, Stage | CompressError]:
     """Every build's model, or the CompressError that stopped it (a baseline that cannot be made is left out
     of the comparison; the caller decides). Those kept from before are copied first. With ``processes`` > 1
-    and at least two to train, they train side by side, each in a process of its own with this process's
-    threads shared out between them (two 1-thread trainings made 1.25-1.6x the steps of one 2-thread
-    training on 2 cores: results/train_threads.json), in the given order (put the longest first); the
-    models are the ones a process of that many threads makes alone, and a finished one is kept even when
-    another fails. ``meanwhile``: the caller's own work, called once: when the first of the processes ends
-    (on the cores it leaves while the others train), or after the builds made in this process."""
+    and at least two to train, they train side by side in processes of their own, this process's threads
+    shared out between them (faster than one after the other: results/README.md, train_threads.json), in
+    the given order (put the longest first); a finished one is kept even when another fails. ``meanwhile``:
+    the caller's own work, called once, when the first process ends or after the builds made in this process."""
     done: dict[str, Stage | CompressError] = {}
     todo = []
     for b in builds:
@@ -287,8 +285,8 @@ class _Prefixed:
 
 def full_schedule(r: Recipe, name: str, root: Path, state: Path | None = None) -> Build:
     """``r`` trained on its whole schedule and the whole training split: the chosen candidate that
-    search.halving kept to its short schedule or that trained on search.train_fraction of the split
-    (compress.study), cached like a baseline so that a report run again does not train it again. With
+    search.halving kept to its short schedule or that trained on search.train_fraction of the split,
+    cached like a baseline so that a report run again does not train it again. With
     ``state``, the restart state its short schedule saved, the schedule goes on from there (``train_``)."""
     return Build(name, r, root, label="model", state=state)
 

@@ -2,13 +2,13 @@
 
 ``search.timeout_s`` bounds the search alone; what comes after it (the baselines and, where the search kept it
 short, the chosen candidate's full schedule, trained side by side; the final latency measurement; the capacity
-sweep) took 4.8-5.9 of the default study's 14.6-16.0 minutes as the machine's speed varied by a fifth (results
-README). With a budget for the whole run, no worker starts a trial (and no short schedule is promoted) that is
-predicted to end after the time the rest of the run needs: the search gets what is left, in a slow hour as in a
-fast one. The prediction comes from the study's own trials, timed where they ran:
+sweep) takes minutes that vary with the machine's speed (results/README.md, fashion_mnist/). With a budget for
+the whole run, no worker starts a trial (and no short schedule is promoted) that is predicted to end after the
+time the rest of the run needs: the search gets what is left, in a slow hour as in a fast one. The prediction
+comes from the study's own trials, timed where they ran:
 
-- the chosen candidate's student without KD trains its schedule: as long as that trial took (the trial the
-  search's numbers choose, as ``study._baselines_while_waiting`` guesses it);
+- the chosen candidate's student without KD trains its schedule: as long as that trial took (the trial
+  ``records.choose`` picks from the search's numbers);
 - a baseline the search does not decide (the pruned teacher) trains ``epochs`` at the per-epoch pace of the
   study's trial of its family nearest in MACs, scaled by the MACs ratio to the power ``PACE_EXPONENT``;
 - the builds share ``search.finish_processes`` processes, longest first; the final measurement's first pass
@@ -46,8 +46,7 @@ from compress.search.records import (
     trial_record,
 )
 
-# Per-epoch training seconds ~ MACs ** 0.6 among pruned teachers: the teacher pruned by 0.5 (32.8 MMACs) took
-# 1.84x the per-epoch time of the one pruned by 0.65 (11.6 MMACs), side by side on 2 cores (the study of 1b17e17).
+# Per-epoch training seconds grow about as MACs ** 0.6 among pruned teachers (fitted on two trained side by side).
 PACE_EXPONENT = 0.6
 
 
@@ -55,8 +54,7 @@ PACE_EXPONENT = 0.6
 MEASURE_OVERHEAD_S = 1.0
 
 
-# The int8 teacher baseline where no trial made it: calibration, parity check and accuracy, ~0.9 min on one
-# core for the default teacher.
+# The int8 teacher baseline where no trial made it: calibration, parity check and accuracy (about a minute).
 UNTRAINED_BUILD_S = 60.0
 
 
@@ -209,7 +207,7 @@ def busy_seconds(trials: list[optuna.trial.FrozenTrial], now: float | None = Non
 
 def deadline_near(study: optuna.Study, recipe: Recipe, trials) -> str | None:
     """Why no trial starts now under the run's budget (search.wall_time_s), or None: the time left for the
-    search is less than a typical trial of this study takes (compress.deadline)."""
+    search is less than a typical trial of this study takes."""
 
     left = search_left(study, recipe, trials)
     if left is None:

@@ -3,10 +3,12 @@ chosen candidate's full schedule trained side by side, the paired tests, the cap
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 from optuna.artifacts import upload_artifact
@@ -27,13 +29,13 @@ from compress.pipeline import Stage, evaluated, model_metrics
 from compress.recipe import Recipe, RecipeError, public_yaml
 from compress.report import write_csv_rows
 from compress.search import baselines as bl
-from compress.search.halving import full_plan, full_result
+from compress.search.halving import FullPlan, full_plan, full_result
 from compress.search.publish import summary_of, write_outputs
 from compress.search.records import (
     NEAR_FRONT,
     choose,
     fetch_model,
-    judge,
+    judged,
     recipe_of,
     still_pareto,
     trained,
@@ -98,157 +100,201 @@ def adopted_from_trials(builds: list[bl.Build], complete: list[dict], recipe: Re
 
 
 def finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock,
-            early: bl.SideBySide | None = None) -> dict:
+           early: bl.SideBySide | None = None) -> dict:
+    """The report: each phase makes new records from the ones before; summary.json is written last."""
     out = recipe.out_path
     (out / "summary.json").unlink(missing_ok=True)  # present only once this report is complete
     write_text_atomic(out / "recipe.yaml", public_yaml(recipe))
     store = artifact_store(recipe, study)
     frozen = study.get_trials(deepcopy=False)
     trials = [trial_record(t, out) for t in frozen]
+    complete = _complete(recipe, trials)
+    target = (recipe.target.batch_size, recipe.target.threads, recipe.target.device)
+    front, alone = _measured_alone(recipe, _near_front(recipe, complete, frozen, store), teacher_onnx,
+                                   teacher_rec["val_accuracy"], target)
+    measured = {r["trial"] for r in front}  # their files stay: a report run again measures these same trials
+    front = _with_chosen(still_pareto(front, recipe))  # the exact numbers can reorder close neighbours
+    clock.lap("final_latency")
+
+    after = _train_after_search(recipe, _chosen(front), complete, frozen, store, data, teacher, tinfo,
+                                teacher_onnx, early)
+    front, full_schedule, made = _handed_over(recipe, front, after, data, teacher, tinfo,
+                                              teacher_rec["val_accuracy"], target)
+    failed = {name: f"{type(err).__name__}: {err}" for name, err in made.items() if isinstance(err, CompressError)}
+    for name, why in failed.items():
+        tqdm.write(f"baseline {name} could not be built, left out of the comparison: {why}")
+    stages = dict(sorted(((k, s) for k, s in made.items() if k not in failed), key=lambda kv: _baseline_rank(kv[0])))
+    clock.lap("training_after_search")
+
+    tqdm.write(f"final measurement: teacher, {len(front)} front trial(s), {len(stages)} baseline(s) interleaved")
+    models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front},
+              **{k: s.onnx for k, s in stages.items()}}
+    lat = compare(models, recipe.latency, *target)
+    alone = {**alone, **{k: measure(s.onnx, recipe.latency, *target) for k, s in stages.items()}}
+    teacher_rec = {**_with_latency(teacher_rec, alone["teacher"], lat["teacher"]),
+                   **test_accuracy_fields(after.teacher_correct)}
+    clock.lap("final_latency")
+    # Accuracy verdicts come from paired tests on the same test images (compress.measure.verdicts): each model's
+    # per-image correctness was kept by the process that made it; the recorded accuracies are the same numbers.
+    tqdm.write(f"paired accuracy tests on {len(data.test):,} test samples: front, baselines, teacher")
+    correct = {r["trial"]: evaluated(Path(r["artifact_path"]), data, keep=True)[1] for r in front}
+    front = [{**r, "latency_interleaved": lat[f"trial_{r['trial']}"].to_dict(),
+              **test_accuracy_fields(correct[r["trial"]])} for r in front]
+    refs = {k: _baseline_record(k, s, data, alone[k], lat[k], front, correct) for k, s in stages.items()}
+    chosen = _chosen(front)
+    comparisons = _comparisons(chosen, front, correct, teacher_rec, after.teacher_correct)
+    clock.lap("paired_tests")
+
+    plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
+    clock.lap("capacity")
+    summary = {**summary_of(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock), **comparisons,
+               "baselines_failed": failed,
+               "full_schedule": full_schedule,  # null: the chosen trial had its full schedule during the search
+               "capacity": next((p for p in plans if p.get("chosen")), None),
+               "capacity_teacher": next((p for p in plans if p["model"] == "teacher"), None)}
+    chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
+    write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows, measured)
+    _attach(study, store, out)
+    return summary
+
+
+def _complete(recipe: Recipe, trials: list[dict]) -> list[dict]:
+    """The trained trials; an error naming why when there is none."""
     complete = trained(trials)
-    if not complete:
-        slow = sum(bool(r["untrained"]) for r in trials)
-        if slow:
-            raise RecipeError(
-                f"study {recipe.name!r}: all {slow} candidate(s) missed the service level's p95 ({recipe.slo.p95_ms} ms) "
-                "before training, so none was trained. Widen search.space toward smaller models (more pruning, "
-                "int8, narrower students), relax slo.p95_ms, or set search.skip_slow: false to train them anyway.")
-        raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
-    # The front comes from the final measurement, so it measures every trial that could be on it: those no other
-    # trial beats at trial time by being as accurate and NEAR_FRONT times as fast. (At trial time, a small CNN's
-    # p95 read 0.040 ms, alone afterwards 0.058; it had kept a faster CNN off the front measured at the end.)
-    for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete], margin=NEAR_FRONT):
-        complete[i]["pareto"] = True
-    front = [r for r in complete if r["pareto"]]
-    missing = [r for r in front if not fetch_model(r, frozen[r["trial"]].user_attrs.get("model_artifact"), store)]
+    if complete:
+        return complete
+    slow = sum(bool(r["untrained"]) for r in trials)
+    if slow:
+        raise RecipeError(
+            f"study {recipe.name!r}: all {slow} candidate(s) missed the service level's p95 ({recipe.slo.p95_ms} ms) "
+            "before training, so none was trained. Widen search.space toward smaller models (more pruning, "
+            "int8, narrower students), relax slo.p95_ms, or set search.skip_slow: false to train them anyway.")
+    raise RuntimeError(f"study {recipe.name!r} has no complete trial; see the trial lines above for why")
+
+
+def _near_front(recipe: Recipe, complete: list[dict], frozen, store) -> list[dict]:
+    """The trials the final measurement could put on the front: those no other trial beats at trial time by being
+    as accurate and NEAR_FRONT times as fast, with their model files here."""
+    near = [complete[i] for i in sorted(pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in complete],
+                                                        margin=NEAR_FRONT))]
+    missing = [r for r in near if not fetch_model(r, frozen[r["trial"]].user_attrs.get("model_artifact"), store)]
     if missing:
         raise RecipeError(
             f"study {recipe.name!r}: the model files of Pareto trial(s) {[r['trial'] for r in missing]} are neither "
             f"here (e.g. {missing[0]['artifact_path']}) nor in the artifact store; the study cannot be finished from "
             f"its database alone. Restore them, point --artifacts at the store the workers used, or delete "
-            f"{mask(storage_url(recipe))} (and {out / 'trials'}) to search again.")
-    target = (recipe.target.batch_size, recipe.target.threads, recipe.target.device)
-    # Interleaving makes ratios fair, but on a shared machine it also inflated the p95 of sub-millisecond
-    # models by 30-85% against the same models alone (p50 unchanged). A replica serves one model, so the
-    # percentiles that meet or miss the service level come from each model measured alone: first, since
-    # they decide the front and the artifact, which the student-without-KD baseline is built for.
-    tqdm.write(f"final measurement: the teacher and {len(front)} trial(s) near the front, each alone")
-    models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front}}
+            f"{mask(storage_url(recipe))} (and {recipe.out_path / 'trials'}) to search again.")
+    return near
+
+
+def _measured_alone(recipe: Recipe, near: list[dict], teacher_onnx: Path, teacher_val: float, target
+                    ) -> tuple[list[dict], dict]:
+    """The teacher and the trials near the front, each measured alone: interleaving makes ratios fair but, on
+    a shared machine, inflated sub-millisecond p95s; a replica serves one model, so the percentiles that meet or
+    miss the service level come from each model alone. Returns the re-judged records and the measurements."""
+    tqdm.write(f"final measurement: the teacher and {len(near)} trial(s) near the front, each alone")
+    models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in near}}
     alone = {k: measure(p, recipe.latency, *target) for k, p in models.items()}
-    for r in front:
-        r.update(alone[f"trial_{r['trial']}"].record_fields(), latency_measured="final")
-        judge(r, teacher_rec["val_accuracy"], recipe)
-    measured = {r["trial"] for r in front}  # their files stay: a report run again measures these same trials
-    front = still_pareto(front, recipe)  # the exact numbers can reorder close neighbours
-    chosen = choose(front)
-    chosen["chosen"] = True
-    clock.lap("final_latency")
-    # Everything trained after the search, side by side where there are cores for it (search.finish_processes):
-    # the chosen candidate's full schedule and the baselines. Latency is measured only once they are all made.
+    front = [judged({**r, **alone[f"trial_{r['trial']}"].record_fields(), "latency_measured": "final"}, teacher_val,
+                    recipe) for r in near]
+    return front, alone
+
+
+def _with_chosen(front: list[dict]) -> list[dict]:
+    """The front with its chosen member marked (``choose``)."""
+    pick = choose(front)["trial"]
+    return [{**r, "chosen": r["trial"] == pick} for r in front]
+
+
+def _chosen(front: list[dict]) -> dict:
+    return next(r for r in front if r["chosen"])
+
+
+@dataclasses.dataclass(frozen=True)
+class AfterSearch:
+    """What was made after the search: each baseline's stage or the error that stopped it, the chosen
+    candidate's full-schedule plan and stage (where halving kept it short), and the teacher's per-image
+    correctness on the test split."""
+
+    made: dict
+    plan: FullPlan | None
+    full_stage: Stage | None
+    seconds: float
+    teacher_correct: np.ndarray
+
+
+def _train_after_search(recipe: Recipe, chosen: dict, complete: list[dict], frozen, store, data, teacher, tinfo,
+                        teacher_onnx: Path, early: bl.SideBySide | None) -> AfterSearch:
+    """Everything trained after the search, side by side where there are cores for it (search.finish_processes),
+    longest first: the no-KD student (the chosen one's whole schedule), the rest of the chosen one's full
+    schedule, the pruned teacher, the int8 teacher (no training). Those a trial made are copied from it."""
     plan = full_plan(recipe, chosen, frozen[chosen["trial"]].user_attrs.get("restart_state"), store)
-    root = out / "baselines"
-    # In the order they start, the longest first: the no-KD student (the chosen one's whole schedule), the rest of
-    # the chosen one's full schedule, the pruned teacher (2 epochs), the int8 teacher (no training).
-    builds = [plan.build] if plan else []
-    no_kd_of = recipe_of(recipe, {**chosen, "overrides": plan.restart} if plan else chosen)  # as if handed over
-    unbuilt: dict[str, CompressError] = {}
-    adopted: dict[str, Stage] = {}
+    root = recipe.out_path / "baselines"
+    builds, unbuilt = ([plan.build] if plan else []), {}
     if recipe.search.baselines:
         tqdm.write("baselines: teacher int8, pruned teacher, student without KD")
-        no_kd = bl.student_without_kd(no_kd_of, root)
+        no_kd = bl.student_without_kd(recipe_of(recipe, {**chosen, "overrides": plan.restart} if plan else chosen),
+                                      root)  # the model as if handed over
         if early and no_kd.name in early.futures and not early.makes(no_kd, data, tinfo):
             tqdm.write(f"{no_kd.name}: trial #{chosen['trial']} was chosen, not the one started early: stopped")
             early.stop()  # what it finished is kept and found by build_all; the rest is made here
             early = None
-        builds.insert(0, no_kd)
         independent, unbuilt = search_independent(recipe, root)  # kept already when made while waiting
-        builds = [b for b in builds + independent if not (early and b.name in early.futures)]  # not started then
-        adopted = adopted_from_trials(builds, complete, recipe, frozen, store, data, tinfo)
-        builds = [b for b in builds if b.name not in adopted]
-    teacher_correct = None
+        builds = [b for b in [no_kd, *builds, *independent] if not (early and b.name in early.futures)]
+    adopted = adopted_from_trials(builds, complete, recipe, frozen, store, data, tinfo) if recipe.search.baselines else {}
+    builds = [b for b in builds if b.name not in adopted]
     ready = [s for s in [*adopted.values(), *(bl.kept(b, data, tinfo) for b in builds)] if s is not None]
+    teacher_correct = []
 
     def for_the_paired_tests() -> None:
-        """What the paired tests need and no build's process computes (each evaluates its own model): the
-        teacher's per-image correctness (13 s on one core for the default teacher; only the report needs it, so
-        a worker that leaves the report to another skips it) and that of the models adopted or kept from before.
-        On a core a finished build leaves while another trains on: the default study's no-KD student (4 epochs
-        of the teacher pruned by 0.65) trains on after the pruned teacher beside it (2 epochs) is done."""
-        nonlocal teacher_correct
-        teacher_correct = onnx_correct(teacher_onnx, data.test)
-        teacher_rec.update(test_accuracy_fields(teacher_correct))
+        """What the paired tests need and no build's process computes: the teacher's per-image correctness and
+        that of the models adopted or kept from before; run on a core a finished build leaves."""
+        teacher_correct.append(onnx_correct(teacher_onnx, data.test))
         for s in ready:
             evaluated(s.onnx, data, keep=True)
 
     started = time.time()
-    # Beside those started while waiting, on the cores their process leaves (each training step asks again).
-    cores = torch.get_num_threads()
+    cores = torch.get_num_threads()  # beside those started while waiting, on the cores their process leaves
     with threads_from(lambda: max(1, cores - early.threads) if early and early.running() else cores):
         made = {**bl.build_all(builds, data, teacher, tinfo, finish_processes(recipe),
                                meanwhile=None if early else for_the_paired_tests), **adopted}
-    trained_s = time.time() - started
+    seconds = time.time() - started
     if early:
         for_the_paired_tests()  # while the one started before still trains
         made.update(early.results())
-    full_schedule = None
-    if plan:
-        stage = made.pop(plan.build.name)
-        if isinstance(stage, CompressError):
-            raise stage
-        full_schedule = full_result(recipe, chosen, plan, stage, data, teacher_rec["val_accuracy"], target,
-                                     trained_s)
-        front = still_pareto(front, recipe, chosen)  # the fully trained model may dominate a neighbour
-        if recipe.search.baselines and full_schedule["handed_over"] == "trial":  # the no-KD baseline of that one
-            made.update(bl.build_all([bl.student_without_kd(recipe_of(recipe, chosen), root)], data, teacher, tinfo))
-    # e.g. int8 failing its parity gate or unmeasurable on the target, a teacher that cannot be pruned
-    unbuilt.update({k: s for k, s in made.items() if isinstance(s, CompressError)})
-    refs_failed = {name: f"{type(err).__name__}: {err}" for name, err in unbuilt.items()}
-    for name, why in refs_failed.items():
-        tqdm.write(f"baseline {name} could not be built, left out of the comparison: {why}")
-    refs_stages = dict(sorted(((k, s) for k, s in made.items() if k not in refs_failed),
-                              key=lambda kv: _baseline_rank(kv[0])))
-    clock.lap("training_after_search")
+    full_stage = made.pop(plan.build.name) if plan else None
+    if isinstance(full_stage, CompressError):
+        raise full_stage
+    return AfterSearch({**unbuilt, **made}, plan, full_stage, seconds, teacher_correct[0])
 
-    tqdm.write(f"final measurement: teacher, {len(front)} front trial(s), {len(refs_stages)} baseline(s) interleaved")
-    models = {"teacher": teacher_onnx, **{f"trial_{r['trial']}": Path(r["artifact_path"]) for r in front},
-              **{k: s.onnx for k, s in refs_stages.items()}}
-    lat = compare(models, recipe.latency, *target)
-    alone.update({k: measure(s.onnx, recipe.latency, *target) for k, s in refs_stages.items()})
-    teacher_rec = _with_latency(teacher_rec, alone["teacher"], lat["teacher"])
-    for r in front:
-        r["latency_interleaved"] = lat[f"trial_{r['trial']}"].to_dict()
-    clock.lap("final_latency")
-    # Accuracy verdicts come from paired tests on the same test images (compress.measure.verdicts), so each model's
-    # per-image correctness is computed once here; the recorded accuracies are the same numbers.
-    tqdm.write(f"paired accuracy tests on {len(data.test):,} test samples: front, baselines, teacher")
-    correct = {r["trial"]: evaluated(Path(r["artifact_path"]), data, keep=True)[1] for r in front}
-    for r in front:
-        r.update(test_accuracy_fields(correct[r["trial"]]))
-    refs = {}
-    for k, s in refs_stages.items():
-        evaluation = evaluated(s.onnx, data, keep=True)
-        base_correct = evaluation[1]
-        r = {"name": k, "latency_measured": "final", **model_metrics(s, data, alone[k], evaluation),
-             "latency_interleaved": lat[k].to_dict()}
-        r["versus_front"] = baseline_verdict(r, base_correct, front, correct)
-        r["dominated_by_front"] = r["versus_front"]["verdict"] == "dominated"
-        r["dominated_by_trial"] = r["versus_front"]["trial"] if r["dominated_by_front"] else None
-        refs[k] = r
-    comparisons = _comparisons(chosen, front, correct, teacher_rec, teacher_correct)
-    clock.lap("paired_tests")
 
-    plans, sweep_rows = _capacity(recipe, out, teacher_rec, teacher_onnx, front) if recipe.capacity.enabled else ([], [])
-    clock.lap("capacity")
-    summary = summary_of(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock)
-    summary.update(comparisons)
-    summary["baselines_failed"] = refs_failed
-    summary["full_schedule"] = full_schedule  # null: the chosen trial had its full schedule during the search
-    summary["capacity"] = next((p for p in plans if p.get("chosen")), None)
-    summary["capacity_teacher"] = next((p for p in plans if p["model"] == "teacher"), None)
-    chosen_rows = [r for r in sweep_rows if r["model"] == f"trial_{chosen['trial']}"]
-    write_outputs(recipe, out, trials, front, teacher_rec, refs, chosen, summary, data, chosen_rows, measured)
-    _attach(study, store, out)
-    return summary
+def _handed_over(recipe: Recipe, front: list[dict], after: AfterSearch, data, teacher, tinfo, teacher_val: float,
+                 target) -> tuple[list[dict], dict | None, dict]:
+    """The front with the model handed over in place of the chosen trial's (its full schedule, when that is at
+    least as good), summary.json's ``full_schedule``, and the baselines made (again, for that model's no-KD
+    student, when the trial's own model is handed over)."""
+    if after.plan is None:
+        return front, None, after.made
+    chosen = _chosen(front)
+    handed, result = full_result(recipe, chosen, after.plan, after.full_stage, data, teacher_val, target,
+                                 after.seconds)
+    front = still_pareto([handed if r is chosen else r for r in front], recipe, chosen["trial"])
+    made = after.made
+    if recipe.search.baselines and result["handed_over"] == "trial":  # the no-KD baseline of that one
+        no_kd = bl.student_without_kd(recipe_of(recipe, handed), recipe.out_path / "baselines")
+        made = {**made, **bl.build_all([no_kd], data, teacher, tinfo)}
+    return front, result, made
+
+
+def _baseline_record(name: str, stage: Stage, data, alone, interleaved, front: list[dict], correct: dict) -> dict:
+    """A baseline as measured, with its verdict against the front (a paired test on the same test images)."""
+    evaluation = evaluated(stage.onnx, data, keep=True)
+    r = {"name": name, "latency_measured": "final", **model_metrics(stage, data, alone, evaluation),
+         "latency_interleaved": interleaved.to_dict()}
+    verdict = baseline_verdict(r, evaluation[1], front, correct)
+    dominated = verdict["verdict"] == "dominated"
+    return {**r, "versus_front": verdict, "dominated_by_front": dominated,
+            "dominated_by_trial": verdict["trial"] if dominated else None}
 
 
 def _attach(study: optuna.Study, store, out: Path) -> None:
@@ -274,7 +320,7 @@ def _comparisons(chosen: dict, front: list[dict], correct: dict, teacher_rec: di
                 "only_other_right": t["only_b_right"]}
 
     out = {"artifact_vs_teacher": vs(teacher_rec, teacher_correct, "teacher"), "artifact_vs_runner_up": None}
-    others = [r for r in front if r is not chosen]
+    others = [r for r in front if r["trial"] != chosen["trial"]]
     if others:
         runner = max(others, key=lambda r: (r["feasible"] == chosen["feasible"], r["val_accuracy"], -r["latency_p95_ms"]))
         out["artifact_vs_runner_up"] = {"trial": runner["trial"], **vs(runner, correct[runner["trial"]], "runner-up")}

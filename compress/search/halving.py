@@ -23,7 +23,7 @@ from compress.pipeline import (
 from compress.recipe import Recipe, space_leaf, with_values
 from compress.search import baselines as bl
 from compress.search.budget import busy_seconds, search_left
-from compress.search.records import fetch, judge, needs_full
+from compress.search.records import fetch, judged, needs_full
 
 
 def short_schedule(recipe: Recipe) -> dict[str, int]:
@@ -82,10 +82,7 @@ def cannot_reach_front(study: optuna.Study, family: str, short_val: float, p95_m
     None (search.halving.front): a finished trial as fast is already as accurate as ``short_val`` plus the
     largest gain a trial of the family made from its short schedule to its full one, less one standard error of
     that trial's validation accuracy on ``n_val`` images (when given): a full schedule that could end within it
-    would not be told apart from that trial. In the fresh-clone runs of 2dd2bb6 and 46417ed, a teacher pruned by
-    0.65 beat the enqueued one's short schedule by 0.20 and 0.28 pp, trained its 4 epochs (~3 min of a worker)
-    and ended 0.04 pp below and 0.10 pp above it (validation; one standard error there is 0.33 pp); a CNN beat
-    the enqueued 8-wide 2-deep one's by 0.30 pp and ended 0.10 pp below it. None as well before any such gain
+    would not be told apart from that trial (evidence: results/README.md). None as well before any such gain
     is known, or without a time for the candidate."""
     if p95_ms is None:
         return None
@@ -185,14 +182,14 @@ def full_plan(recipe: Recipe, chosen: dict, saved_state: dict | None = None, sto
 
 
 def full_result(recipe: Recipe, chosen: dict, plan: FullPlan, stage, data, teacher_val: float, target,
-                 seconds: float) -> dict:
-    """The fully trained model replaces the trial's when at least as accurate on the validation split and
-    meeting what that one met; summary.json's ``full_schedule`` says what happened."""
+                 seconds: float) -> tuple[dict, dict]:
+    """The record handed over and summary.json's ``full_schedule``: the fully trained model replaces the trial's
+    when at least as accurate on the validation split and meeting what that one met."""
     alone = measure(stage.onnx, recipe.latency, *target)
     rec = {**{k: v for k, v in chosen.items() if k != "model_sha256"},  # the trial's file's; this one is new
            **model_metrics(stage, data, alone, evaluated(stage.onnx, data, keep=True)),
            "artifact_path": str(stage.onnx), "latency_measured": "final"}
-    judge(rec, teacher_val, recipe)
+    rec = judged(rec, teacher_val, recipe)
     better = rec["val_accuracy"] >= chosen["val_accuracy"] and rec["feasible"] >= chosen["feasible"]
     result = {"trial": chosen["trial"], "trial_schedule": plan.trial_schedule,
               "trial_train_fraction": recipe.search.train_fraction, "trial_val_accuracy": chosen["val_accuracy"],
@@ -201,8 +198,5 @@ def full_result(recipe: Recipe, chosen: dict, plan: FullPlan, stage, data, teach
               "resumed_from_short": plan.resumed, "seconds": round(seconds, 1)}
     tqdm.write(f"trial #{chosen['trial']} full schedule: val {100 * rec['val_accuracy']:.2f}% (short "
                f"{100 * chosen['val_accuracy']:.2f}%): handing over the {'full' if better else 'trial'} model")
-    if better:
-        chosen.clear()
-        chosen.update(rec, overrides=plan.restart, schedule="full (after the search)")
-    chosen["full_schedule"] = result
-    return result
+    handed = {**rec, "overrides": plan.restart, "schedule": "full (after the search)"} if better else chosen
+    return {**handed, "full_schedule": result}, result

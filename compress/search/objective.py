@@ -1,4 +1,4 @@
-"""The Optuna study: the space comes from the recipe; each trial calls the one-candidate pipeline.
+"""One trial of the Optuna study: a point of the recipe's space through the one-candidate pipeline.
 
 Two objectives: maximise validation accuracy, minimise latency p95 on the target. The service level
 (p95 bound, largest accuracy drop) enters as Optuna constraints, so infeasible trials are kept and shown
@@ -69,10 +69,9 @@ class Objective:
         paused0 = hostlock.paused_s
         slo = r.slo.p95_ms
         probe = None
-        # Latency first: is it worth training? A candidate that trains not at all (the teacher as it is, at most
-        # quantized) is finished anyway: there is no training to spare (its int8 calibration, parity check and
-        # accuracy took ~0.9 min on one core for the default teacher), and the front then shows the slow, accurate
-        # end (the int8 teacher at 94.3% and p95 ~0.8 ms in the default study) rather than leaving it to a baseline.
+        # Latency first: is it worth training? A candidate that is not trained (the teacher as it is, at most
+        # quantized) is finished anyway: there is no training to spare, and the front then shows its slow,
+        # accurate end rather than leaving it to a baseline.
         if r.search.skip_slow and slo is not None and trains(r):
             windows: list[float] = []  # a near miss is timed twice (pipeline.RECHECK_BELOW)
             probe = probe_latency(r, self.data, self.teacher, work, windows=windows)
@@ -123,11 +122,9 @@ class Objective:
         return self._measured(trial, r, stages, work, paused0)
 
     def _compress(self, r: Recipe, work, trial: optuna.Trial, at_restart=None, short=None) -> list:
-        """compress_student, with a failure recorded on the trial. A candidate
-        whose int8 copy fails its parity gate is finished in fp32, recorded as such (``int8_rejected``, and
-        quantize.enabled false among its overrides, so its recipe makes its model): its training is not lost,
-        and the sampler learns what int8 gave there (nothing) instead of proposing it again, as it does a
-        failed trial's parameters."""
+        """compress_student, with a failure recorded on the trial. A candidate whose int8 copy fails its parity
+        gate is finished in fp32 (``int8_rejected``; quantize.enabled false among its overrides): its training
+        is not lost, and the sampler learns that int8 gave nothing there."""
 
         def rejected(err: Exception) -> None:
             trial.set_user_attr("int8_rejected", str(err)[:500])

@@ -82,11 +82,8 @@ def summary_of(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clo
 def write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, summary, data, sweep_rows,
                    keep_files: set[int]) -> None:
     keys = list(dict.fromkeys(k for r in trials for k in r["params_"]))  # branch parameters included
-    front_ids = {r["trial"] for r in front}
-    for r in trials:
-        r["pareto"] = r["trial"] in front_ids
     by_id = {r["trial"]: r for r in front}
-    trials = [by_id.get(r["trial"], r) for r in trials]
+    trials = [by_id.get(r["trial"], {**r, "pareto": False}) for r in trials]
     write_csv(out / "trials.csv", trials, keys)
     write_csv(out / "pareto.csv", front, keys)
     clean = [{k: v for k, v in r.items() if k != "params_"} | {"params": r["params_"]} for r in front]

@@ -100,10 +100,10 @@ def recipe_of(recipe: Recipe, rec: dict) -> Recipe:
     return with_values(recipe, {**rec["params_"], **rec.get("overrides", {})})
 
 
-def judge(r: dict, teacher_val: float, recipe: Recipe) -> None:
-    """The record's constraint values and feasibility, from its (re-)measured accuracy and latency."""
-    r["constraint"] = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"], teacher_val, recipe)
-    r["feasible"] = max(r["constraint"]) <= 0
+def judged(r: dict, teacher_val: float, recipe: Recipe) -> dict:
+    """The record with its constraint values and feasibility from its (re-)measured accuracy and latency."""
+    c = constraint_values(r["val_accuracy"], r["latency_p95_ms"], r["throughput_sps"], teacher_val, recipe)
+    return {**r, "constraint": c, "feasible": max(c) <= 0}
 
 
 def _twin(recipe: Recipe, r: dict) -> tuple:
@@ -112,23 +112,19 @@ def _twin(recipe: Recipe, r: dict) -> tuple:
     return r["params"], r["macs"], bool(r["int8"]), recipe_of(recipe, r).quantize.format if r["int8"] else None
 
 
-def still_pareto(front: list[dict], recipe: Recipe, chosen: dict | None = None) -> list[dict]:
+def still_pareto(front: list[dict], recipe: Recipe, chosen: int | None = None) -> list[dict]:
     """The members not dominated after their numbers changed (and the chosen one, which stays); the others
     leave the reported front. Of twins (``_twin``) only the most accurate one (the first of equals) is judged
-    and can stay: measured apart, four copies of the default study's 0.65-pruned teacher had p50
-    within 2% but p95 0.161-0.220 ms, which put a short-schedule copy 1.4 pp less accurate on the front beside
-    the artifact as "faster"; three equally accurate copies of fashion_folder's 0.7-pruned ResNet-18 stood on
-    its front side by side."""
+    and can stay: copies of one architecture measured apart differ in p95 by noise alone, which would put a
+    less accurate copy on the front as "faster". Returns new records; its arguments are not changed."""
     lead: dict[tuple, dict] = {}
     for r in front:
         k = _twin(recipe, r)
         if k not in lead or r["val_accuracy"] > lead[k]["val_accuracy"]:
             lead[k] = r
     leads = list(lead.values())
-    keep = {id(leads[i]) for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in leads])}
-    for r in front:
-        r["pareto"] = id(r) in keep or r is chosen
-    return [r for r in front if r["pareto"]]
+    keep = {leads[i]["trial"] for i in pareto_indices([(r["val_accuracy"], r["latency_p95_ms"]) for r in leads])}
+    return [{**r, "pareto": True} for r in front if r["trial"] in keep or r["trial"] == chosen]
 
 
 def needs_full(recipe: Recipe, rec: dict) -> bool:
@@ -137,8 +133,7 @@ def needs_full(recipe: Recipe, rec: dict) -> bool:
 
 
 # How much faster at trial time another, as accurate trial must have been for a trial to be left out of the final
-# measurement: the same model's p95 moved 0.23 <-> 0.36 ms (1.57x) between minutes of one study on the reference
-# machine, a small CNN's 0.040 <-> 0.058 ms.
+# measurement: the p95 of one model moved by up to ~1.6x between minutes of a study (results/README.md).
 NEAR_FRONT = 1.6
 
 

@@ -39,7 +39,7 @@ class Phases:
         self.start = self._last = time.time()
         self.seconds: dict[str, float] = {}
         self.searched: float | None = None  # when this process's search ended
-        self.predicted: dict | None = None  # then: the rest of the run's predicted seconds (compress.deadline)
+        self.predicted: dict | None = None  # then: the rest of the run's predicted seconds (search.budget)
 
     def lap(self, name: str) -> None:
         now = time.time()
@@ -49,20 +49,17 @@ class Phases:
 
 def run_study(recipe: Recipe, report_only: bool = False, report: bool = True, workers=None) -> dict | None:
     """One worker of the study: its share of the trials, then the report when this worker is the finisher
-    (see compress.workers). Returns summary.json's content, or None when another process writes the report.
+    (``workers.claim_finisher``). Returns summary.json's content, or None when another process writes it.
     ``report_only`` (``compress report``): no trials, the report (again). ``report`` False: trials only (a
     worker started by another one's ``search.workers``). ``workers``: the ``LocalWorkers`` this process
-    started; when its own trials are done, it starts a baseline while they finish theirs (the no-KD student
-    of the trial the search's numbers choose: ``_baselines_while_waiting``), then waits for them before it
-    claims the report."""
+    started; it starts a baseline while they finish their trials, then waits for them before the report."""
     clock = Phases()
     study = open_study(recipe)  # first: a wrong storage or a changed recipe is named before minutes of loading
     if report_only or not report:
         return _run_study(recipe, study, clock, report_only, report, workers)
-    # This run's search, then its report: its own time budget (compress.deadline), set first too, before any
-    # worker's first claim, so that none reads one a run before left; cleared when the report is written (a
-    # worker that joins the study later is not held to it) or the run fails, not when another process
-    # writes the report (workers elsewhere still run under it).
+    # This run's time budget, set before any worker's first claim so none reads one a run before left; cleared
+    # when the report is written or the run fails, not when another process writes the report (workers
+    # elsewhere still run under it).
     budget.begin(study, recipe, clock.start)
     with budget.cleared_on_error(study):
         summary = _run_study(recipe, study, clock, report_only, report, workers)
@@ -121,20 +118,16 @@ def _plan_after_search(recipe: Recipe, study, data, teacher, tinfo, cores: int |
 
 
 def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -> bl.SideBySide | None:
-    """A baseline started while the other workers of this machine finish their last trials, in a process of its
-    own on this worker's share of the cores, which would otherwise wait: the no-KD student of the trial the
-    search's numbers choose, else the baselines the search does not decide; the report trains the rest beside
-    it and waits for it (``finish``). Those a trial made already are copied from it; those kept from before
-    are not made again. One that cannot be made is left for the report to try and name."""
+    """A baseline trained on this worker's idle share of the cores while the other workers finish: the no-KD
+    student of the trial the search's numbers choose, else the baselines the search does not decide. The
+    report trains the rest beside it; ones a trial made or kept from before are not made again."""
     out = recipe.out_path
     frozen = study.get_trials(deepcopy=False)
     complete = trained([trial_record(t, out) for t in frozen])
     builds, _ = search_independent(recipe, out / "baselines")
-    # The longest baseline is the chosen candidate's student without KD, which waited for the final measurement
-    # to decide which candidate that is: 3.0 of the default study's 15.0 minutes in the run of e209029. The trial
-    # the search's own numbers choose is the one the final measurement chooses unless a p95 near the service
-    # level moves across it: its no-KD student starts now (stopped if another trial is chosen, ``finish``), and
-    # the others after the final measurement, beside it.
+    # The no-KD student is the longest baseline. The search's own choice is usually the final one, so its no-KD
+    # student starts now (``finish`` stops it if another trial is chosen) and the others after the final
+    # measurement, beside it.
     guess = choose(complete) if complete else None
     no_kd = None
     if guess is not None and not needs_full(recipe, guess):

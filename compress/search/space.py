@@ -27,8 +27,8 @@ def covering_startup(recipe: Recipe) -> list[dict[str, Any]]:
     (a Latin hypercube over the categories). Numeric parameters are left to the sampler. With a dozen
     trials, independent random draws can leave a whole choice (a student family, a format) untried.
     A branch's own categorical parameters are covered among the trials that take that branch. The
-    candidates of ``search.enqueue`` come before them and count as covering their choices: the grid gives
-    the choices they leave out first (the enqueued 8- and 4-wide CNNs leave the grid's CNN rows 12 and 16)."""
+    candidates of ``search.enqueue`` come first and count as covering their choices, so the grid gives the
+    choices they leave out first."""
     n = recipe.search.startup_trials
     rng = random.Random(recipe.seed)
     rows: list[dict[str, Any]] = [{} for _ in range(n)]

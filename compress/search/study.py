@@ -44,8 +44,8 @@ def search_fingerprint(recipe: Recipe) -> str:
 
 def sampler(recipe: Recipe, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The recipe's sampler, seeded with ``recipe.seed + offset``: workers seed it by the number of the trial
-    they are about to create, so two workers never draw the same random sequence (identical trials) and one
-    worker's study is the same as it always was."""
+    they are about to create, so two workers never draw the same random sequence (identical trials) and a
+    single worker's study stays reproducible."""
     s = recipe.search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -197,7 +197,7 @@ def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: d
                 tqdm.write(f"no new trial from this worker: {spent}")
                 break
             retrying(queue_covering, study)
-            study.sampler = sampler(recipe, offset=len(study.get_trials(deepcopy=False)))  # see search.sampler
+            study.sampler = sampler(recipe, offset=len(study.get_trials(deepcopy=False)))  # see study.sampler
             try:
                 study.optimize(objective, n_trials=1, catch=(ParityError,), callbacks=[progress])
             except Exception as err:
@@ -282,12 +282,10 @@ class LocalWorkers:
     """``search.workers`` > 1: this command starts the study's other workers on this machine, each a plain
     ``compress search`` of the same recipe, study and overrides that leaves the report to this process
     (``--no-report``), and shares the cores out: every worker, this one included, trains with cores /
-    workers threads until the search ends. On 2 cores two 1-thread trainings made 1.24x (pruned teachers) to
-    1.66x (a small CNN) the steps of one 2-thread training (results/train_threads_vnni.json); latency is
-    measured with the neighbours paused (compress.measure.hostlock). Their lines are shown here, prefixed
-    ``[worker k]``. ``wait()`` (before the report) waits for their last trials and gives this process its
-    threads back; leaving the block by an error or Ctrl-C stops them (their running trials are failed and
-    queued again by the next claim, as for any dead worker)."""
+    workers threads until the search ends, as 1-thread trainings side by side make more steps than one
+    2-thread training (measured: results/README.md, train_threads_vnni.json). Their lines are shown here,
+    prefixed ``[worker k]``. ``wait()`` waits for their last trials and takes the threads back; an error or
+    Ctrl-C stops them (their running trials are failed and queued again by the next claim)."""
 
     def __init__(self, argv: list[str], n: int):
 

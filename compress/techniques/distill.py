@@ -69,9 +69,8 @@ def _read_or_compute(path: Path, teacher: nn.Module, split: Split, exact: bool =
                    f"the default teacher on 2 cores), cached as {path}")
     tmp = path.with_name(path.name + ".tmp")
     out = None
-    # bf16 where this CPU or GPU computes it natively: soft targets need no more digits (2.4 min -> 1 min for
-    # the default teacher on the reference machine: results/inference_format.json); accuracy is never
-    # measured this way.
+    # bf16 where this CPU or GPU computes it natively: soft targets need no more digits, and it is over twice
+    # as fast (measured: results/README.md, inference_format.json). Accuracy is never measured this way.
     bf16 = not exact and native_bf16(model_device(teacher))
     # Every core: a neighbour worker (search.workers) that needs them waits for them meanwhile. Not for the exact
     # logits, which one trial needs while the neighbours go on (timing their models, say): this process's share.

@@ -25,11 +25,9 @@ FORMAT_NAMES = {"qdq": "QDQ", "qoperator": "QOperator"}  # recipe value -> ONNX 
 
 
 class _Reader:
-    """An onnxruntime CalibrationDataReader over an in-memory array. ONNX Runtime runs each batch it hands out
-    on every core before it asks for the next: that run is held as a batch of heavy work
-    (``compress.measure.hostlock.batch``), so a neighbour's latency measurement waits for it instead of sharing the
-    cores with it (beside a worker calibrating the default teacher, a model of the 0.5-pruned teacher's shape
-    read p95 4.3-4.6 ms instead of 0.3-0.4 in 2-4 of 10 measurements: results/calibration_neighbour.json)."""
+    """An onnxruntime CalibrationDataReader over an in-memory array. ONNX Runtime runs each batch on every
+    core, so each is held as a batch of heavy work (``hostlock.batch``): a neighbour's latency measurement
+    waits for it instead of reading an inflated p95 (measured: results/README.md, calibration_neighbour.json)."""
 
     def __init__(self, input_name: str, inputs: np.ndarray):
         self._batches = iter([{input_name: inputs[i : i + CALIBRATION_BATCH]}
