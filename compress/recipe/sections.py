@@ -1,25 +1,21 @@
-"""The recipe schema: one typed, frozen config per section, validated on load.
-
-A recipe is data: every knob lives here with its default and a description (docs/recipe.md). Loading rejects an
-unknown key, a wrong type or an out-of-range value with the key path, the bad value and what is allowed
-(``RecipeError``, exit code 2), before anything is written.
-"""
+"""The recipe's sections: one typed, frozen config each, every field with its default and description
+(docs/recipe.md is made from them)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
-from compress.errors import RecipeError
-from compress.storage import mask
 
-
-class _Section(BaseModel):
+class Section(BaseModel):
     # extra="forbid": a misspelt key is an error, never silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -27,7 +23,7 @@ class _Section(BaseModel):
 SOURCES = ("fashion_mnist", "torchvision", "folder", "arrays", "import")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """One module per source under compress/data/. Class count, names and input shape come from the data and are
     checked against the teacher; the test split only ever gives the reported test accuracy."""
 
@@ -96,7 +92,7 @@ class DataConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """A training schedule: SGD with momentum, linear warm-up, then cosine decay to zero. Used by teacher.train,
     distill.train, prune.finetune and search.baseline_finetune, each with its own defaults."""
 
@@ -144,7 +140,7 @@ class TrainConfig(_Section):
         return tuple(self.augment or ())
 
 
-class TeacherConfig(_Section):
+class TeacherConfig(Section):
     """The big, accurate model to compress. `compress teacher` trains it and writes its checkpoint."""
 
     model: str = Field("resnet_small", description=(
@@ -162,7 +158,7 @@ class TeacherConfig(_Section):
                                description="The teacher's schedule (`compress teacher`).")
 
 
-class StudentConfig(_Section):
+class StudentConfig(Section):
     """The small model trained to imitate the teacher."""
 
     model: str = Field("cnn", description=(
@@ -177,7 +173,7 @@ class StudentConfig(_Section):
                                    "searchable as student.kwargs.<name>.")
 
 
-class DistillConfig(_Section):
+class DistillConfig(Section):
     """Knowledge distillation (Hinton et al. 2015): loss = alpha * T^2 * KL(soft teacher, soft student)
     + (1 - alpha) * CE(labels)."""
 
@@ -189,7 +185,7 @@ class DistillConfig(_Section):
                                "from scratch (a student made from the teacher trains prune.finetune's).")
 
 
-class PruneConfig(_Section):
+class PruneConfig(Section):
     """Structured pruning with Torch-Pruning: channels are physically removed, BatchNorm statistics are
     re-estimated on training images, then the model is fine-tuned with distillation."""
 
@@ -206,7 +202,7 @@ class PruneConfig(_Section):
                                   "pruning; for a student made from the teacher, its whole training.")
 
 
-class QuantizeConfig(_Section):
+class QuantizeConfig(Section):
     """Static int8 quantization with ONNX Runtime, calibrated on training images; the int8 copy must pass
     export.int8_min_agreement."""
 
@@ -222,7 +218,7 @@ class QuantizeConfig(_Section):
         "which saturate. null: on when the measuring CPU has no VNNI, off when it has (it would only cost accuracy)."))
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     """ONNX export with a dynamic batch, and the parity gates every exported model passes."""
 
     opset: int = Field(17, ge=17, le=23, description="ONNX opset.")
@@ -232,7 +228,7 @@ class ExportConfig(_Section):
                                       "samples on which int8 top-1 agrees with PyTorch's.")
 
 
-class TargetConfig(_Section):
+class TargetConfig(Section):
     """How the model will serve; every latency is measured this way."""
 
     device: Literal["cpu", "cuda"] = Field("cpu", description="cpu (ONNX Runtime's CPU provider) or cuda.")
@@ -240,7 +236,7 @@ class TargetConfig(_Section):
     threads: int = Field(1, ge=1, le=256, description="Intra-op threads of a replica; inter-op is always 1.")
 
 
-class LatencyConfig(_Section):
+class LatencyConfig(Section):
     """Bounds of the latency protocol (docs/latency.md)."""
 
     warmup_runs: int = Field(50, ge=0, description="Untimed runs first.")
@@ -250,24 +246,7 @@ class LatencyConfig(_Section):
                                "are stable.")
 
 
-class Range(_Section):
-    """A range in search.space, {low, high[, step, log]}; integer fields get integers."""
-
-    low: float = Field(description="Lower bound.")
-    high: float = Field(description="Upper bound, above low.")
-    step: float | None = Field(None, gt=0, description="Grid step; null: continuous.")
-    log: bool = Field(False, description="Sample on a log scale (low > 0, no step).")
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and (self.low <= 0 or self.step is not None):
-            raise ValueError("log ranges need low > 0 and no step")
-        return self
-
-
-class HalvingConfig(_Section):
+class HalvingConfig(Section):
     """Successive halving, cheap early and exact late: every candidate that trains first runs a short schedule,
     and only a rung winner goes on from that model to its full schedule (docs/search.md)."""
 
@@ -283,7 +262,7 @@ class HalvingConfig(_Section):
                            "candidate goes on for beating a comparable one; search.enqueue's go on anyway.")
 
 
-class SearchConfig(_Section):
+class SearchConfig(Section):
     """The Optuna study: maximise validation accuracy, minimise p95 latency, with the service level as
     constraints (docs/search.md)."""
 
@@ -329,7 +308,7 @@ class SearchConfig(_Section):
         "<choice>/<key.path>) to values, the rest sampled."))
 
 
-class BatchRequirement(_Section):
+class BatchRequirement(Section):
     """Score ``records`` within ``hours``: implies a throughput of records / (hours * 3600) samples/s."""
 
     records: int = Field(ge=1, description="Records to score.")
@@ -342,7 +321,7 @@ class BatchRequirement(_Section):
         return self.records / (self.hours * 3600.0)
 
 
-class ServiceLevel(_Section):
+class ServiceLevel(Section):
     """The requirement, online (p95 per request) and/or batch (records by a deadline); both become Optuna
     constraints, so a trial that misses it is kept and shown, never chosen."""
 
@@ -354,7 +333,7 @@ class ServiceLevel(_Section):
                                                "from the teacher, in percentage points.")
 
 
-class CostConfig(_Section):
+class CostConfig(Section):
     """Prices for the capacity plan: typical on-demand cloud list prices; replace them with yours."""
 
     cpu_core_hour: float = Field(0.048, ge=0, description="Price per vCPU-hour.")
@@ -362,7 +341,7 @@ class CostConfig(_Section):
     currency: str = Field("USD", description="Currency of the prices.")
 
 
-class CapacityConfig(_Section):
+class CapacityConfig(Section):
     """After the search the teacher and the front are swept over batch sizes and threads: how many cores meet the
     load and the batch deadline, and what that costs (capacity.md)."""
 
@@ -375,50 +354,7 @@ class CapacityConfig(_Section):
     max_seconds: float = Field(1.0, gt=0, description="Time bound per model and setting.")
 
 
-class Recipe(_Section):
-    """A whole recipe: one section per stage, every key optional but the name."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Also the results/<name>/ folder and the study.")
-    seed: int = Field(0, description="The run's seed (training, sampler, calibration); the split has its own.")
-    output_dir: str = Field("results", description="Where results/<name>/ goes.")
-    data: DataConfig = Field(DataConfig(), description="Where the data come from and how a sample becomes an input.")
-    teacher: TeacherConfig = Field(TeacherConfig(), description="The model to compress.")
-    student: StudentConfig = Field(StudentConfig(), description="The model to train.")
-    distill: DistillConfig = Field(DistillConfig(), description="Knowledge distillation.")
-    prune: PruneConfig = Field(PruneConfig(), description="Structured pruning.")
-    quantize: QuantizeConfig = Field(QuantizeConfig(), description="int8 quantization.")
-    export: ExportConfig = Field(ExportConfig(), description="ONNX export and its parity gates.")
-    target: TargetConfig = Field(TargetConfig(), description="The serving setting latency is measured in.")
-    latency: LatencyConfig = Field(LatencyConfig(), description="The latency protocol.")
-    search: SearchConfig = Field(SearchConfig(), description="The Optuna search.")
-    slo: ServiceLevel = Field(ServiceLevel(), description="The service level.")
-    cost: CostConfig = Field(CostConfig(), description="Prices.")
-    capacity: CapacityConfig = Field(CapacityConfig(), description="The capacity sweep and plan.")
-
-    @property
-    def out_path(self) -> Path:
-        return Path(self.output_dir) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def public_dict(self) -> dict[str, Any]:
-        """``to_dict`` for outputs: the storage URL with any password masked."""
-
-        data = self.to_dict()
-        data["search"]["storage"] = mask(data["search"]["storage"])
-        return data
-
-
-def fingerprint_of(data: Any, length: int = 12) -> str:
-    """The sha256 of a JSON-able value (keys sorted), cut to ``length`` hex digits."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
-
-
-def _format_errors(source: str, err: ValidationError) -> str:
+def format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid recipe"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -429,232 +365,3 @@ def _format_errors(source: str, err: ValidationError) -> str:
         else:
             lines.append(f"  {path} = {e['input']!r}: {e['msg']}")
     return "\n".join(lines)
-
-
-def _parse_scalar(text: str) -> Any:
-    # YAML's scalar rules: "3" -> 3, "0.5" -> 0.5, "true" -> True, "null" -> None, "[1,2]" -> list.
-    return yaml.safe_load(text) if text.strip() else ""
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings to a raw recipe dict (before validation)."""
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected key.path=value, e.g. --set distill.temperature=6")
-        key, value = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(f"--set {key}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_scalar(value)
-    return data
-
-
-def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{source}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as err:
-        raise RecipeError(_format_errors(source, err)) from None
-    _check_space(recipe, source)
-    _check_enqueue(recipe, source)
-    return recipe
-
-
-NOT_SEARCHABLE = ("name", "output_dir", "search", "slo", "data", "teacher", "target", "latency", "export", "cost",
-                  "capacity")
-
-
-BRANCH_SEP = "/"  # a parameter of a branch is named "<choice>/<key.path>" in the study
-
-
-def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
-    """A copy of ``recipe`` with ``key.path -> value`` set and no search space (one concrete candidate).
-    Keys may carry a branch prefix (``cnn/prune.ratio``), as trial parameters of a branch do."""
-    data = recipe.to_dict()
-    data["search"]["space"] = {}
-    for key, value in values.items():
-        node = data
-        *parents, leaf = key.rsplit(BRANCH_SEP, 1)[-1].split(".")
-        for part in parents:
-            node = node.setdefault(part, {}) if isinstance(node, dict) and part not in node else node[part]
-        node[leaf] = value
-    return Recipe.model_validate(data)
-
-
-def space_leaf(recipe: Recipe, key: str) -> Any:
-    """The recipe's current value at ``key``; raises KeyError when the path does not name a field. Inside a
-    free-form mapping (``student.kwargs.<name>``) any name is allowed and an unset one is None."""
-    node: Any = recipe
-    for part in key.split("."):
-        if isinstance(node, dict):
-            node = node.get(part)
-            continue
-        if not isinstance(node, BaseModel) or part not in type(node).model_fields:
-            raise KeyError(part)
-        node = getattr(node, part)
-    if isinstance(node, BaseModel):
-        raise KeyError(key)
-    return node
-
-
-def range_is_int(spec: "Range", current: Any) -> bool:
-    """Whether a range searches whole numbers: the field holds an int, or (unset field, e.g. a kwarg or
-    student.width left to the family's default) low, high and step are all whole numbers."""
-    if current is None:
-        return all(float(v).is_integer() for v in (spec.low, spec.high, spec.step or 1))
-    return isinstance(current, int) and not isinstance(current, bool)
-
-
-class Branches(dict):
-    """A categorical parameter whose every choice brings its own sub-space: ``{choice: {key: spec}}``."""
-
-
-def space_spec(spec: Any) -> Range | Branches | list[Any] | Any:
-    """A space entry as a Range (mapping with low/high), Branches (mapping of choices to sub-spaces), a list
-    of choices, or a fixed value."""
-    if isinstance(spec, dict):
-        if spec and all(isinstance(v, dict) for v in spec.values()) and not {"low", "high"} & set(spec):
-            return Branches(spec)
-        return Range.model_validate(spec)
-    return spec
-
-
-def space_choices(recipe: Recipe, key: str) -> list[Any]:
-    """Every value ``key`` may take in a search of ``recipe`` (at the top of the space or in any branch);
-    its current value when it is not searched."""
-    found: list[Any] = []
-
-    def visit(space: dict) -> None:
-        for k, raw in space.items():
-            spec = space_spec(raw)
-            if k == key:
-                found.extend(spec if isinstance(spec, (list, Branches)) else [spec])
-            if isinstance(spec, Branches):
-                for sub in spec.values():
-                    visit(sub)
-
-    visit(recipe.search.space)
-    return found or [space_leaf(recipe, key)]
-
-
-def _check_space(recipe: Recipe, source: str, space: dict | None = None, prefix: str = "search.space") -> None:
-    top = space is None
-    space = recipe.search.space if top else space
-    for key, raw in space.items():
-        where = f"{prefix}.{key}"
-        try:
-            spec = space_spec(raw)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'range'}: {e['msg']}" for e in err.errors())
-            raise RecipeError(f"{source}: invalid recipe\n  {where} = {raw!r}: {problems}; a range is "
-                              "{low: A, high: B[, step: S, log: true]}") from None
-        try:
-            current = space_leaf(recipe, key)
-        except KeyError:
-            raise RecipeError(f"{source}: invalid recipe\n  {where}: {key!r} is not a recipe field; searchable "
-                              "fields are those of student, distill, prune and quantize, e.g. student.width") from None
-        if key.split(".")[0] in NOT_SEARCHABLE:
-            raise RecipeError(f"{source}: invalid recipe\n  {where}: the {key.split('.')[0]} section is not "
-                              "searchable; search student, distill, prune or quantize fields")
-        if isinstance(spec, Range):
-            if current is None:
-                current = int(spec.low) if range_is_int(spec, None) else float(spec.low)
-            if isinstance(current, bool) or not isinstance(current, (int, float)):
-                raise RecipeError(f"{source}: invalid recipe\n  {where} = {spec.model_dump()}: a range needs a "
-                                  f"numeric field, and {key} is {current!r}; give a list of choices instead")
-            candidates = [spec.low, spec.high]
-            if isinstance(current, int):
-                candidates = [int(spec.low), int(spec.high)]
-                if spec.low != int(spec.low) or spec.high != int(spec.high):
-                    raise RecipeError(f"{source}: invalid recipe\n  {where}: {key} is an integer; use whole "
-                                      f"numbers for low and high (got {spec.low}, {spec.high})")
-        elif isinstance(spec, Branches):
-            if not top:
-                raise RecipeError(f"{source}: invalid recipe\n  {where}: branches cannot be nested; give the "
-                                  "sub-space's parameters as ranges, lists or fixed values")
-            for choice, sub in spec.items():
-                clash = sorted(set(sub) & set(space))
-                if clash:
-                    raise RecipeError(f"{source}: invalid recipe\n  {where}.{choice}: {clash[0]} is also searched at "
-                                      "the top of search.space; give it in one place")
-                _check_space(recipe, source, sub, f"{where}.{choice}")
-            candidates = list(spec)
-        elif isinstance(spec, list):
-            if not spec:
-                raise RecipeError(f"{source}: invalid recipe\n  {where} = []: give at least one choice")
-            candidates = spec
-        else:
-            candidates = [spec]
-        for value in candidates:
-            try:
-                with_values(recipe, {key: value})
-            except ValidationError as err:
-                msg = _format_errors(source, err).replace(f"  {key} =", f"  {where}: {key} =")
-                raise RecipeError(msg) from None
-
-
-def space_parameters(space: dict) -> dict[str, Any]:
-    """The study's parameter names (a branch's own as ``<choice>/<key.path>``) and their specs."""
-    names: dict[str, Any] = {}
-    for key, raw in space.items():
-        spec = space_spec(raw)
-        names[key] = spec
-        if isinstance(spec, Branches):
-            for choice, sub in spec.items():
-                names.update({f"{choice}{BRANCH_SEP}{k}": v for k, v in space_parameters(sub).items()})
-    return names
-
-
-def _check_enqueue(recipe: Recipe, source: str) -> None:
-    """Every enqueued candidate names parameters of the space, with values the space allows."""
-    params = space_parameters(recipe.search.space)
-    for i, point in enumerate(recipe.search.enqueue):
-        where = f"{source}: invalid recipe\n  search.enqueue[{i}]"
-        for name, value in point.items():
-            if name not in params:
-                raise RecipeError(f"{where}: {name!r} is not a parameter of search.space; its parameters: "
-                                  f"{', '.join(params) or 'none (search.space is empty)'}")
-            spec = params[name]
-            if isinstance(spec, Range):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and spec.low <= value <= spec.high \
-                    and not (spec.step and abs((value - spec.low) / spec.step - round((value - spec.low) / spec.step)) > 1e-9)
-                shown = f"{spec.low:g} to {spec.high:g}" + (f" in steps of {spec.step:g}" if spec.step else "")
-            else:
-                choices = list(spec) if isinstance(spec, (Branches, list)) else [spec]
-                ok, shown = value in choices, ", ".join(map(repr, choices))
-            if not ok:
-                raise RecipeError(f"{where}: {name} = {value!r} is not in search.space ({shown})")
-            if BRANCH_SEP in name:
-                choice = name.split(BRANCH_SEP, 1)[0]
-                switch = next(k for k, v in params.items() if isinstance(v, Branches) and choice in v)
-                if point.get(switch) != choice:
-                    raise RecipeError(f"{where}: {name} is a parameter of the {choice!r} branch; add "
-                                      f"{switch}: {choice} to the same candidate")
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load, override and validate a recipe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: no such recipe file; the shipped ones are in recipes/")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
-    if isinstance(data, dict):
-        data = apply_overrides(data, overrides or [])
-    return recipe_from_dict(data, str(path))
-
-
-def public_dict(recipe: Recipe) -> dict[str, Any]:
-    return recipe.public_dict()
-
-
-def public_yaml(recipe: Recipe) -> str:
-    """The resolved recipe as written to results/: no password."""
-    return yaml.safe_dump(recipe.public_dict(), sort_keys=False)
