@@ -8,6 +8,7 @@ from pathlib import Path
 
 from compress.data.raw import RawData
 from compress.errors import DatasetError
+from compress.spec import InputSpec
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(".data")
@@ -63,7 +64,6 @@ def load(cfg):
 
 
 def _spec():
-    from compress.spec import InputSpec
 
     return InputSpec("image", (1, 28, 28), tuple(LABELS), (MEAN,), (STD,), 255.0, None,
                      "Fashion-MNIST (official split)", ("shift", "hflip"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress.data.arrays import from_splits
 from compress.errors import DatasetError
 from compress.imports import import_object
 
@@ -46,7 +47,6 @@ def _as_arrays(split, where: str):
 
 
 def load(cfg):
-    from compress.data.arrays import from_splits
 
     fn = import_object(cfg.factory, "data.factory")
     try:

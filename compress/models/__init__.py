@@ -16,9 +16,17 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from compress.errors import RecipeError
-from compress.models import cnn, mlp, resnet  # noqa: F401 (registrations)
-from compress.models.registry import INPUTS, REGISTRY, create_model, family_inputs, list_models, register_model  # noqa: F401
 from compress.imports import import_object, is_import_path
+from compress.models import cnn, mlp, resnet  # noqa: F401 (registrations)
+from compress.models.registry import (  # noqa: F401
+    INPUTS,
+    REGISTRY,
+    create_model,
+    family_inputs,
+    list_models,
+    register_model,
+)
+from compress.models.torchvision_adapter import create_torchvision
 
 
 def _data_args(spec) -> dict[str, int]:
@@ -61,8 +69,7 @@ def build_model(name: str, spec, kwargs: dict[str, Any] | None = None, field: st
         if spec.kind != "image":
             raise RecipeError(f"{field} = {name!r}: torchvision architectures take images, and these data are "
                               f"{spec.shape[0]}-feature vectors; use mlp or an import path")
-        from compress.models.torchvision_adapter import create_torchvision as fn
-
+        fn = create_torchvision
         args = {k: data[k] for k in ("num_classes", "in_channels")}
     elif name in REGISTRY:
         fn = REGISTRY[name]

@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from compress.models.torchvision_adapter import create_torchvision
+
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 INPUTS: dict[str, str] = {}  # family -> "image", "vector" or "any" (an image is flattened into a vector)
 
@@ -32,8 +34,6 @@ def family_inputs(name: str) -> str:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model family; ``tv:<arch>`` builds a torchvision architecture."""
     if name.startswith("tv:"):
-        from compress.models.torchvision_adapter import create_torchvision
-
         return create_torchvision(name[3:], **kwargs)
     if name not in REGISTRY:
         raise KeyError(
