@@ -99,7 +99,7 @@ def onnx_accuracy(path: str | Path, split: Split) -> float:
 def reference_logits(model: nn.Module, split: Split) -> np.ndarray:
     """PyTorch's fp32 logits for ``split``, in order: computed once for both parity checks of one model (its
     fp32 export and its int8 copy), as a pass is a large share of a trial. The unchanged teacher reads its
-    own from a cache (``distill.cached_teacher_logits(exact=True)``)."""
+    own from a cache (``compress.data.teacher_logits.cached_teacher_logits(exact=True)``)."""
 
     return predict_logits(model, split, 500).numpy()
 

@@ -21,20 +21,46 @@ from tqdm.auto import tqdm
 
 from compress import __version__
 from compress.data import Dataset, batches, calibration_inputs, load_dataset
-from compress.export import check_parity, export_onnx, onnx_accuracy, onnx_correct, reference_logits
-from compress.io import publish, read_json, sha256_file, staging_dir, write_json_atomic, write_text_atomic
+from compress.data.teacher_logits import cached_teacher_logits
 from compress.errors import ParityError, TargetError
-from compress.measure.latency import LatencyStats, backend_for, compare, environment
+from compress.export import (
+    check_parity,
+    export_onnx,
+    onnx_accuracy,
+    onnx_correct,
+    reference_logits,
+)
+from compress.io import (
+    publish,
+    read_json,
+    sha256_file,
+    staging_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
+from compress.measure.latency import (
+    LatencyStats,
+    backend_for,
+    compare,
+    environment,
+    measure,
+)
+from compress.measure.verdicts import test_accuracy_fields
 from compress.models import build_model, takes_argument
-from compress.recipe import PruneConfig, Recipe, RecipeError, public_yaml, space_choices, with_values
+from compress.recipe import (
+    PruneConfig,
+    Recipe,
+    RecipeError,
+    public_yaml,
+    space_choices,
+    with_values,
+)
 from compress.spec import InputSpec
 from compress.teacher import load_teacher, model_size
-from compress.techniques.distill import cached_teacher_logits, make_loss, teacher_logits_for
+from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8, reduce_range
 from compress.train import train_
-from compress.measure.verdicts import test_accuracy_fields
-from compress.measure.latency import measure
 
 ARTIFACT = "model.onnx"
 RESTART_STATE = "short_state.pt"  # in a trial's folder: its first schedule's state where halving stopped it

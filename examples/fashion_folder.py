@@ -21,9 +21,9 @@ SIZE = 36
 def write_tree(out: Path, per_class_train: int, per_class_test: int) -> dict:
     from PIL import Image
 
-    from compress.data.fashion_mnist import CACHE_DIR, LABELS, _read
+    from compress.data.fashion_mnist import CACHE_DIR, LABELS, read_official
 
-    train, test = _read(CACHE_DIR)
+    train, test = read_official(CACHE_DIR)
     counts = {}
     for split, ds, per_class in (("train", train, per_class_train), ("test", test, per_class_test)):
         x, y = ds.data.numpy(), ds.targets.numpy()

@@ -32,7 +32,7 @@ def test_kd_loss_alpha_zero_is_cross_entropy_and_soft_part_vanishes_on_equal_log
 def test_the_teachers_exact_logits_are_cached_apart_from_its_soft_targets(tiny_data, tmp_path, monkeypatch):
     """The parity reference of the teacher as it is: fp32 (never the bf16 of its soft targets), PyTorch's own
     logits, computed once and read back from the cache (the default teacher's took 17-25 s a trial)."""
-    import compress.techniques.distill as distill
+    import compress.data.teacher_logits as distill
     from compress.recipe import load_recipe
     from compress.teacher import load_teacher
     from compress.train import predict_logits

@@ -82,7 +82,8 @@ def test_the_loop_finder_finds_a_loop():
 
 def test_no_private_name_is_imported_from_another_module():
     offenders = [f"{path.relative_to(ROOT)} imports {mod}.{n}"
-                 for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py")]
+                 for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "examples").glob("*.py"),
+                              *(ROOT / "benchmarks").glob("*.py")]
                  for mod, names, _ in imports(path) for n in names if n.startswith("_") and n != "__version__"]
     assert not offenders, "\n".join(offenders)
 

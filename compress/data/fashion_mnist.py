@@ -34,7 +34,7 @@ def _stage_raw(root: Path) -> None:
         extract_archive(str(tmp), str(raw), remove_finished=True)
 
 
-def _read(root: Path):
+def read_official(root: Path):
     from torchvision.datasets import FashionMNIST
 
     _stage_raw(root)
@@ -57,7 +57,7 @@ def _read(root: Path):
 
 def load(cfg):
 
-    train, test = _read(Path(cfg.root) if cfg.root else CACHE_DIR)
+    train, test = read_official(Path(cfg.root) if cfg.root else CACHE_DIR)
     return RawData("image", (train.data.unsqueeze(1), train.targets), None, (test.data.unsqueeze(1), test.targets),
                    labels=list(LABELS), mean=(MEAN,), std=(STD,), description="Fashion-MNIST (official split)",
                    augment=("shift", "hflip"))
