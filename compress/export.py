@@ -70,7 +70,6 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, input_shape
 
 
 def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 500) -> np.ndarray:
-
     sess = make_session(path, threads=0)  # 0: all cores; parity is not a timing
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: inputs[i : i + batch_size]})[0]

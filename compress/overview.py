@@ -47,7 +47,6 @@ def inspect_recipe(recipe: Recipe) -> dict:
 
 
 def format_inspection(r: dict) -> str:
-
     d, te, spec = r["data"], r["teacher"], r["data"]["spec"]
     shape = "x".join(map(str, spec["shape"]))
     kind = f"images {shape} ({spec['kind'] == 'image' and ('grayscale' if spec['shape'][0] == 1 else 'RGB')})" \

@@ -34,7 +34,6 @@ def info_path(checkpoint: str | Path) -> Path:
 
 DEMO_CHECKPOINT = "teachers/fashion_mnist_resnet/model.pt"
 def _spec(spec: InputSpec | None) -> InputSpec:
-
     return spec or SPEC
 
 

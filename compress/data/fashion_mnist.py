@@ -56,7 +56,6 @@ def read_official(root: Path):
 
 
 def load(cfg):
-
     train, test = read_official(Path(cfg.root) if cfg.root else CACHE_DIR)
     return RawData("image", (train.data.unsqueeze(1), train.targets), None, (test.data.unsqueeze(1), test.targets),
                    labels=list(LABELS), mean=(MEAN,), std=(STD,), description="Fashion-MNIST (official split)",
@@ -64,7 +63,6 @@ def load(cfg):
 
 
 def _spec():
-
     return InputSpec("image", (1, 28, 28), tuple(LABELS), (MEAN,), (STD,), 255.0, None,
                      "Fashion-MNIST (official split)", ("shift", "hflip"))
 

@@ -30,7 +30,6 @@ def _tree(path: str):
 
 
 def _lazy(tree, geometry, workers: int):
-
     return LazyImages([p for p, _ in tree.samples], geometry, workers), torch.tensor([y for _, y in tree.samples])
 
 
@@ -46,7 +45,6 @@ def _read(tree, geometry) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load(cfg):
-
     trees = {"train": _tree(cfg.train_dir or cfg.root)}
     if cfg.train_dir:
         trees["test"] = _tree(cfg.test_dir)

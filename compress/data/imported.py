@@ -47,7 +47,6 @@ def _as_arrays(split, where: str):
 
 
 def load(cfg):
-
     fn = import_object(cfg.factory, "data.factory")
     try:
         out = fn(**cfg.kwargs)

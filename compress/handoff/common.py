@@ -44,7 +44,6 @@ def manifest_sha256(m: dict) -> str:
 
 
 def open_session(path: Path, threads: int = 1):
-
     return make_session(path, threads)
 
 

@@ -189,8 +189,6 @@ class SideBySide:
     ``results`` waits for them: each one's Stage, or the CompressError that stopped it."""
 
     def __init__(self, builds: list[Build], data: Dataset, tinfo: dict, processes: int, threads: int):
-
-
         self.pool = cf.ProcessPoolExecutor(processes, mp_context=tmp.get_context("spawn"), initializer=_child_init,
                                            initargs=(data, tinfo, threads))
         self.builds = {b.name: b for b in builds}
@@ -240,15 +238,12 @@ _child: dict = {}
 
 
 def _child_init(data: Dataset, tinfo: dict, threads: int) -> None:
-
     torch.set_num_threads(threads)
     _child.update(data=data, tinfo=tinfo, teachers={})
 
 
 def _child_build(b: Build) -> Stage:
     """One build in a side-by-side process: its output lines prefixed with its name, no redrawn bars."""
-
-
     key = b.recipe.teacher.model_dump_json()  # loaded here, not sent: TorchScript and ONNX teachers cannot be pickled
     if key not in _child["teachers"]:
         _child["teachers"][key] = load_teacher(b.recipe.teacher, _child["data"].spec)[0]

@@ -57,7 +57,6 @@ class Objective:
     claimed: Any = None  # called once the trial exists in the storage: ends the claim (StudyLock.release)
 
     def __call__(self, trial: optuna.Trial):
-
         trial.set_user_attr("worker", me())  # a rerun on this host fails it at once if this process dies
         if self.claimed:
             self.claimed()

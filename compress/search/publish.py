@@ -104,7 +104,6 @@ def write_outputs(recipe, out: Path, trials, front, teacher_rec, refs, chosen, s
 
 
 def _write_artifact(recipe, out: Path, chosen, teacher_rec, summary, data, sweep_rows) -> None:
-
     model = Path(chosen["artifact_path"])
     made = recipe_of(recipe, chosen)
     lat = chosen["latency"]

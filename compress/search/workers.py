@@ -288,14 +288,11 @@ class LocalWorkers:
     Ctrl-C stops them (their running trials are failed and queued again by the next claim)."""
 
     def __init__(self, argv: list[str], n: int):
-
         self.n, self.argv, self.procs, self.threads = n, argv, [], []
         self.cores = torch.get_num_threads()
         self.per_worker = max(1, self.cores // n)
 
     def __enter__(self) -> "LocalWorkers":
-
-
         if self.n <= 1:
             return self
         tqdm.write(f"search.workers = {self.n}: {self.n} worker processes on this study, {self.per_worker} training "
