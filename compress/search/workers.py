@@ -128,7 +128,7 @@ class Progress:
     the best feasible trial so far, the workers running, and an ETA from the study's rate."""
 
     def __init__(self, target: int, timeout_s: float | None = None, recipe: Recipe | None = None):
-        self.target, self.timeout_s, self.recipe, self.start = target, timeout_s, recipe, time.time()
+        self.target, self.timeout_s, self.recipe = target, timeout_s, recipe
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -144,28 +144,23 @@ class Progress:
         if left is not None:  # nor after the run's (search.wall_time_s)
             eta = min(eta, max(left[0], 0.0))
         if trial.state == TrialState.COMPLETE and "untrained" in trial.user_attrs:
-            what = f"p95 {trial.values[1]:.3f} ms untrained: too slow for the service level, not trained"
+            what = f"p95 {trial.values[1]:.3f} ms untrained: too slow, not trained"
         elif trial.state == TrialState.COMPLETE:
             m = trial.user_attrs["metrics"]
-            what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
-                "" if max(constraints(trial)) <= 0 else " (infeasible)")
-            if "int8_rejected" in trial.user_attrs:
-                what += " (fp32: int8 failed its parity gate)"
             h = trial.user_attrs.get("halving")
-            if h:
-                what += (f" (promoted: short schedule gave {100 * h['short_val_accuracy']:.2f}%)" if h["promoted"] else
-                         " (short schedule: the time budget ends before its full one)" if h.get("late") else
-                         " (short schedule: it could not reach the front)" if h.get("behind") else
-                         " (short schedule, not promoted)")
+            notes = [n for n, on in (("infeasible", max(constraints(trial)) > 0),
+                                     ("fp32: int8 failed its gate", "int8_rejected" in trial.user_attrs),
+                                     ("full schedule" if h and h["promoted"] else "short schedule", h)) if on]
+            what = f"val {100 * m['val_accuracy']:.2f}% p95 {m['latency_p95_ms']:.3f} ms" + (
+                f" ({', '.join(notes)})" if notes else "")
         else:
             what = trial.state.name.lower()
         feas = [t for t in done if t.state == TrialState.COMPLETE and max(constraints(t)) <= 0]
         best = max(feas, key=lambda t: t.values[0], default=None)
-        best_s = (f"best feasible #{best.number} {100 * best.values[0]:.2f}% @ {best.values[1]:.3f} ms"
-                  if best else "no feasible trial yet")
+        best_s = f"best #{best.number} {100 * best.values[0]:.2f}% @ {best.values[1]:.3f} ms" if best else "none feasible"
         others = f", {running} running" if running else ""
-        tqdm.write(f"[study {len(done)}/{self.target}{others}] #{trial.number} {what} | {best_s} | this worker "
-                   f"{(time.time() - self.start) / 60:.1f} min, study ETA {eta / 60:.1f} min")
+        tqdm.write(f"[study {len(done)}/{self.target}{others}] #{trial.number} {what} | {best_s} | "
+                   f"study ETA {eta / 60:.1f} min")  # why a trial stopped short: its "halving" attribute
 
 
 def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: dict,
