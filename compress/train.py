@@ -219,20 +219,13 @@ def train_(
     that finds a state fitting this model and schedule resumes from the restart instead of retraining the
     first cycle. One that does not fit, or cannot be read, is reported and ignored."""
     device = resolve_device(cfg.device)
-    kinds = cfg.augmentations
-    if kinds and train.raw.dim() != 4:
+    if cfg.augmentations and train.raw.dim() != 4:
         raise RecipeError(f"augment = {cfg.augment!r}: augmentation (shift, hflip) is for images, and these data are "
                           "feature vectors; set augment: false")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(train) / cfg.batch_size)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no weight decay on BN and biases
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, steps))
+    opt, sched = _optimizer(model, cfg, steps)
     bf16 = use_bf16(cfg.bf16, device)
     if bf16 and train.raw.dim() == 4:
         fmt = torch.channels_last
@@ -243,31 +236,9 @@ def train_(
     first = _resume(state, model, opt, sched, gen, cfg, steps, history) if state is not None else 0
     started = time.perf_counter()
     for epoch in range(first, cfg.epochs):
-        model.train()
-        bar = tqdm(batches(train, cfg.batch_size, gen), total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-                   leave=False, dynamic_ncols=True, mininterval=1.0,
-                   disable=None)  # None: drawn on a terminal only; a log file gets the one line per epoch below
-        seen = correct = 0
-        loss_sum = 0.0
-        for idx, x, y in bar:
-            if _threads is not None and (n := _threads()) != torch.get_num_threads():
-                torch.set_num_threads(n)
-            if kinds:
-                x = augment(x, gen, kinds=kinds)
-            x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, idx, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            loss_sum += loss.item() * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.close()
-        msg = f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(seen, 1):.4f} train_acc {correct / max(seen, 1):.4f}"
+        loss, train_acc = _epoch(model, train, cfg, gen, (opt, sched), loss_fn, (device, fmt, bf16),
+                                 f"{desc} {epoch + 1}/{cfg.epochs}")
+        msg = f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train_acc {train_acc:.4f}"
         if val is not None:
             acc = accuracy(model, val)  # leaves the model contiguous
             model.to(memory_format=fmt)
@@ -284,6 +255,49 @@ def train_(
     model.to(device="cpu", memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
+    """SGD with Nesterov momentum (no weight decay on BN and biases) and its per-step LR schedule."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, steps))
+
+
+def _epoch(model: nn.Module, train: Split, cfg: TrainConfig, gen: torch.Generator, optim: tuple, loss_fn: LossFn,
+           placement: tuple, title: str) -> tuple[float, float]:
+    """One pass over the training split (``optim``: optimizer and schedule; ``placement``: device, memory
+    format, bf16); its mean loss and training accuracy."""
+    (opt, sched), (device, fmt, bf16) = optim, placement
+    model.train()
+    bar = tqdm(batches(train, cfg.batch_size, gen), total=math.ceil(len(train) / cfg.batch_size), desc=title,
+               leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=None)  # None: drawn on a terminal only; a log file gets the one line per epoch
+    seen = correct = 0
+    loss_sum = 0.0
+    for idx, x, y in bar:
+        if _threads is not None and (n := _threads()) != torch.get_num_threads():
+            torch.set_num_threads(n)
+        if cfg.augmentations:
+            x = augment(x, gen, kinds=cfg.augmentations)
+        x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y, idx, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += len(y)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
 def _restart_signature(model: nn.Module, cfg: TrainConfig, steps: int) -> dict:

@@ -55,27 +55,22 @@ def test_the_budget_is_not_part_of_the_study():
 
 def test_the_rest_of_the_run_is_predicted_from_the_studys_own_trials():
     r = _recipe("search.wall_time_s=600")
-    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 40.0, 4, 0.85, 0.05, 500_000))
-    assert budget.predict_tail(study, r) is None  # no deadline set
-    budget.begin(study, r, time.time())
-    # A baseline the search does not decide: 1 epoch of a model 4x the MACs of the nearest trial.
-    budget.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
-                  processes=2, n_baselines=3)
-    tail = budget.predict_tail(study, r)
-    assert tail["guess"] == 0  # the most accurate feasible trial: its student without KD takes what it took
-    pruned = 1 * (100.0 / 2) * 4 ** budget.PACE_EXPONENT  # its pace per epoch, scaled by the MACs ratio
-    # Side by side on 2 processes, longest first: the pruned teacher on one, the no-KD student on the other
-    # after the first pass of the final measurement (teacher and both trials alone, ~1 s each).
-    assert tail["parts"]["training"] == pytest.approx(max(pruned, 100.0 + 3 * 1.0), abs=0.2)
-    cap = r.capacity
-    models = 3  # the teacher and both trials, each on the front
-    assert tail["parts"]["capacity"] == pytest.approx(models * len(cap.batch_sizes) * len(cap.threads) * 2
+    # Trial 1 kept 1 of its 2 epochs (halving): its full schedule takes 2 x 70 s, longer than trial 0's 100 s.
+    study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000),
+                   _trial(1, 70.0, 4, 0.85, 0.05, 500_000, {"distill.train.epochs": 1}))
+    assert budget.tail([], r) is None  # nothing trained: nothing to predict from
+    rest = budget.tail(study.trials, r)
+    assert rest["parts"]["training"] == pytest.approx(140.0, abs=0.5)
+    lat, cap = r.latency, r.capacity
+    alone = (min(lat.max_seconds, lat.max_runs * 0.08e-3) + min(lat.max_seconds, lat.max_runs * 0.05e-3)
+             + lat.max_seconds + 3 * budget.MEASURE_OVERHEAD_S)  # the teacher and both trials, each on the front
+    baselines = 2 * budget.N_BASELINES * (lat.max_seconds + budget.MEASURE_OVERHEAD_S)
+    assert rest["parts"]["final_measurement"] == pytest.approx(2 * alone + baselines)
+    assert rest["parts"]["capacity"] == pytest.approx(3 * len(cap.batch_sizes) * len(cap.threads) * 2
                                                       * cap.max_seconds)
-    assert tail["seconds"] == pytest.approx(sum(tail["parts"].values()))
-    # One process after the search: one after another.
-    budget.plan(study, [{"name": "teacher_pruned50", "epochs": 1, "macs": 4_000_000, "family": "teacher"}],
-                  processes=1, n_baselines=3)
-    assert budget.predict_tail(study, r)["parts"]["training"] == pytest.approx(pruned + 100.0 + 3.0, abs=0.2)
+    assert rest["seconds"] == pytest.approx(sum(rest["parts"].values()))
+    no_baselines = budget.tail(study.trials, _recipe("search.baselines=false"))
+    assert no_baselines["parts"]["final_measurement"] == pytest.approx(2 * alone)
 
 
 def test_no_trial_starts_that_would_end_after_the_time_the_rest_of_the_run_needs():
@@ -83,9 +78,8 @@ def test_no_trial_starts_that_would_end_after_the_time_the_rest_of_the_run_needs
     study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 40.0, 4, 0.85, 0.05, 500_000))
     assert budget_left(study, r) is None  # no deadline: the trial budget only
     budget.begin(study, r, time.time())
-    budget.plan(study, [], processes=1, n_baselines=3)
     assert budget_left(study, r) is None  # 10 minutes, of which ~2 for the rest of the run
-    tail = budget.predict_tail(study, r)["seconds"]
+    tail = budget.tail(study.trials, r)["seconds"]
     # 60 s left for trials after the rest of the run, less than the median trial (70 s): no new trial.
     budget.begin(study, r, time.time() + tail + 60.0 - 600)
     why = budget_left(study, r)
@@ -109,8 +103,7 @@ def test_a_promotion_waits_for_the_run_budget_too(monkeypatch):
     study = _study(_trial(0, 100.0, 8, 0.90, 0.08, 1_000_000), _trial(1, 30.0, 4, 0.80, 0.05, 500_000,
                                                                         {"distill.train.epochs": 1}))
     monkeypatch.setattr(halving, "busy_seconds", lambda trials: 0.0)
-    budget.begin(study, r, time.time())
-    tail = budget.predict_tail(study, r)["seconds"]
+    tail = budget.tail(study.trials, r)["seconds"]
     budget.begin(study, r, time.time() + tail + 100.0 - 600)  # 100 s left for the search
     # 60 s for 2 epochs: the 6 left take ~180 s, past what the run leaves the search. The trial's own recipe
     # (its restart) is not the study's, which the other trials' recipes are made from.

@@ -114,9 +114,9 @@ def rest_overruns(study: optuna.Study, recipe: Recipe, short: dict[str, int], sh
     """Why a candidate promoted after its short schedule (``short_s`` seconds of training) is finished as that
     schedule anyway, or None: the rest of its full schedule, at the short one's pace per epoch (an overestimate
     for a later, pruned schedule), would end after ``search.timeout_s`` of the study's busy time. Without
-    this, the last candidate of the default study ran 3.5 minutes past its 15 (AVX2 machine). Likewise when it
-    would end after the time the run's budget leaves the search (search.wall_time_s, compress.deadline), which
-    is predicted from the other trials with the study's recipe, ``study_recipe`` (``recipe`` is this trial's)."""
+    this, a study's last candidate overran its budget by minutes. Likewise when it would end after the time the
+    run's budget leaves the search (search.wall_time_s, ``budget.tail``), predicted from the other trials with the
+    study's recipe, ``study_recipe`` (``recipe`` is this trial's)."""
 
     trials = study.get_trials(deepcopy=False)
     budget = recipe.search.timeout_s

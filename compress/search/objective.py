@@ -60,31 +60,14 @@ class Objective:
         trial.set_user_attr("worker", me())  # a rerun on this host fails it at once if this process dies
         if self.claimed:
             self.claimed()
-        values = suggest(trial, self.recipe)
-        r = with_values(self.recipe, values)
+        r = with_values(self.recipe, suggest(trial, self.recipe))
         work = self.recipe.out_path / "trials" / f"{trial.number:04d}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         paused0 = hostlock.paused_s
-        slo = r.slo.p95_ms
-        probe = None
-        # Latency first: is it worth training? A candidate that is not trained (the teacher as it is, at most
-        # quantized) is finished anyway: there is no training to spare, and the front then shows its slow,
-        # accurate end rather than leaving it to a baseline.
-        if r.search.skip_slow and slo is not None and trains(r):
-            windows: list[float] = []  # a near miss is timed twice (pipeline.RECHECK_BELOW)
-            probe = probe_latency(r, self.data, self.teacher, work, windows=windows)
-            lo = probe.p95_ci95_ms[0]
-            trial.set_user_attr("probe", {"latency_p50_ms": probe.p50_ms, "latency_p95_ms": probe.p95_ms,
-                                          "p95_ci95_ms": list(probe.p95_ci95_ms), "windows_p95_ms": windows})
-            if lo > slo:
-                shutil.rmtree(work, ignore_errors=True)
-                trial.set_user_attr("untrained", f"p95 {probe.p95_ms:.3f} ms untrained (95% CI from {lo:.3f}"
-                                    + (f"; the lower of {len(windows)} windows" if len(windows) > 1 else "")
-                                    + f") misses the service level's {slo} ms: not trained (search.skip_slow)")
-                # Infeasible on latency by its measured margin; accuracy unknown, so infeasible on that too.
-                set_constraints(trial, [probe.p95_ms - slo, 1.0, -1.0])
-                return 0.0, probe.p95_ms
+        probe = self._probe(trial, r, work)
+        if probe is not None and probe.p95_ci95_ms[0] > r.slo.p95_ms:
+            return self._untrained(trial, r, work, probe)
         macs, _ = model_size(build_student(r, self.teacher, self.data.spec), self.data.spec)
         tier = tier_of(r.student.model, macs, probe.p50_ms if probe else None)
         short = short_schedule(r)
@@ -93,32 +76,58 @@ class Objective:
             first = first_schedule(r)
             restart = {f"{first}.restart_epochs": short[f"{first}.epochs"]}
             r = with_values(r, restart)
-
-            named = trial.user_attrs.get("covering_index", len(self.recipe.search.enqueue)) < len(
-                self.recipe.search.enqueue)  # one of search.enqueue (the covering grid's first points)
-
-            def at_restart(acc: float, seconds: float) -> bool:
-                promoted, rung = promote(self.study, self.recipe, tier, acc, named)
-                trial.set_user_attr("rung", rung)
-                behind = promoted and r.search.halving.front and cannot_reach_front(
-                    self.study, r.student.model, acc, probe.p95_ms if probe else None, len(self.data.val))
-                late = promoted and not behind and rest_overruns(self.study, r, short, seconds, self.recipe)
-                goes_on = promoted and not behind and not late
-                halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on,
-                           "family": r.student.model}
-                for key, why in (("behind", behind), ("late", late)):
-                    if why:
-                        halving[key] = why
-                trial.set_user_attr("halving", halving)
-                # The epochs its model had, so that its recipe says how it was made.
-                trial.set_user_attr("overrides", restart if goes_on else short)
-                tqdm.write(f"trial {trial.number}: short schedule val {100 * acc:.2f}%: " + (
-                    "kept short (behind the front)" if behind else "kept short (run budget)" if late else
-                    "promoted" if promoted else "not promoted"))  # why: the trial's "halving" attribute
-                return goes_on
+            at_restart = self._promotion(trial, r, tier, short, restart, probe)
         trial.set_user_attr("tier", tier)  # set as training starts
         stages = self._compress(r, work, trial, at_restart, short)
         return self._measured(trial, r, stages, work, paused0)
+
+    def _probe(self, trial: optuna.Trial, r: Recipe, work):
+        """Latency first: the untrained architecture timed, when search.skip_slow may spare its training; None
+        otherwise. A candidate that is not trained (the teacher as it is, at most quantized) is finished
+        anyway: there is no training to spare, and the front shows its slow, accurate end."""
+        if not (r.search.skip_slow and r.slo.p95_ms is not None and trains(r)):
+            return None
+        windows: list[float] = []  # a near miss is timed twice (pipeline.RECHECK_BELOW)
+        probe = probe_latency(r, self.data, self.teacher, work, windows=windows)
+        trial.set_user_attr("probe", {"latency_p50_ms": probe.p50_ms, "latency_p95_ms": probe.p95_ms,
+                                      "p95_ci95_ms": list(probe.p95_ci95_ms), "windows_p95_ms": windows})
+        return probe
+
+    def _untrained(self, trial: optuna.Trial, r: Recipe, work, probe) -> tuple[float, float]:
+        """A candidate whose untrained p95 misses the service level: recorded, not trained."""
+        shutil.rmtree(work, ignore_errors=True)
+        slo, lo, windows = r.slo.p95_ms, probe.p95_ci95_ms[0], trial.user_attrs["probe"]["windows_p95_ms"]
+        trial.set_user_attr("untrained", f"p95 {probe.p95_ms:.3f} ms untrained (95% CI from {lo:.3f}"
+                            + (f"; the lower of {len(windows)} windows" if len(windows) > 1 else "")
+                            + f") misses the service level's {slo} ms: not trained (search.skip_slow)")
+        # Infeasible on latency by its measured margin; accuracy unknown, so infeasible on that too.
+        set_constraints(trial, [probe.p95_ms - slo, 1.0, -1.0])
+        return 0.0, probe.p95_ms
+
+    def _promotion(self, trial: optuna.Trial, r: Recipe, tier: str, short: dict, restart: dict, probe):
+        """The callback that decides, when the short schedule ends, whether the trial goes on (search.halving)."""
+        named = trial.user_attrs.get("covering_index", len(self.recipe.search.enqueue)) < len(
+            self.recipe.search.enqueue)  # one of search.enqueue (the covering grid's first points)
+
+        def at_restart(acc: float, seconds: float) -> bool:
+            promoted, rung = promote(self.study, self.recipe, tier, acc, named)
+            trial.set_user_attr("rung", rung)
+            behind = promoted and r.search.halving.front and cannot_reach_front(
+                self.study, r.student.model, acc, probe.p95_ms if probe else None, len(self.data.val))
+            late = promoted and not behind and rest_overruns(self.study, r, short, seconds, self.recipe)
+            goes_on = promoted and not behind and not late
+            halving = {"short_schedule": short, "short_val_accuracy": acc, "promoted": goes_on,
+                       "family": r.student.model}
+            halving.update({k: why for k, why in (("behind", behind), ("late", late)) if why})
+            trial.set_user_attr("halving", halving)
+            # The epochs its model had, so that its recipe says how it was made.
+            trial.set_user_attr("overrides", restart if goes_on else short)
+            tqdm.write(f"trial {trial.number}: short schedule val {100 * acc:.2f}%: " + (
+                "kept short (behind the front)" if behind else "kept short (run budget)" if late else
+                "promoted" if promoted else "not promoted"))  # why: the trial's "halving" attribute
+            return goes_on
+
+        return at_restart
 
     def _compress(self, r: Recipe, work, trial: optuna.Trial, at_restart=None, short=None) -> list:
         """compress_student, with a failure recorded on the trial. A candidate whose int8 copy fails its parity

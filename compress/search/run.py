@@ -16,14 +16,13 @@ import time
 from tqdm.auto import tqdm
 
 from compress.export import export_onnx, onnx_accuracy
-from compress.pipeline import build_student, prepare, trains
+from compress.pipeline import prepare
 from compress.recipe import Recipe
 from compress.search import baselines as bl
 from compress.search import budget
 from compress.search.finish import (
     adopted_from_trials,
     finish,
-    finish_processes,
     search_independent,
 )
 from compress.search.records import choose, needs_full, recipe_of, trained, trial_record
@@ -77,15 +76,13 @@ def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: 
     macs, params = model_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
-    if runs and recipe.search.wall_time_s is not None:
-        _plan_after_search(recipe, study, data, teacher, tinfo, workers.cores if workers is not None else None)
     clock.lap("setup")  # data, teacher, its ONNX and validation accuracy (the accuracy bound)
 
     if not report_only:
         optimize(recipe, study, data, teacher, tinfo, teacher_rec["val_accuracy"])
         clock.lap("search")  # this worker's trials (the teacher's cached logits the first time)
-        if runs:
-            clock.searched, clock.predicted = time.time(), budget.predict_tail(study, recipe)
+        if runs and recipe.search.wall_time_s is not None:
+            clock.searched, clock.predicted = time.time(), budget.tail(study.get_trials(deepcopy=False), recipe)
     early = None  # the baseline(s) started while the other workers finish
     if workers is not None:
         if report and recipe.search.baselines and workers.running():
@@ -100,21 +97,6 @@ def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: 
     with claim:
         clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
         return finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
-
-
-def _plan_after_search(recipe: Recipe, study, data, teacher, tinfo, cores: int | None) -> None:
-    """What the run's budget (search.wall_time_s) needs to know that the trials do not tell: the baselines the
-    search does not decide that are not kept from before, with their epochs and MACs, how many models train at
-    once after the search, and how many baselines the final measurement measures."""
-    builds, _ = search_independent(recipe, recipe.out_path / "baselines") if recipe.search.baselines else ([], {})
-    todo = []
-    for b in builds:
-        if bl.kept(b, data, tinfo) is not None:
-            continue
-        macs, _ = model_size(build_student(b.recipe, teacher, data.spec), data.spec)
-        todo.append({"name": b.name, "epochs": budget.epochs_of(b.recipe) if trains(b.recipe) else 0, "macs": macs,
-                     "family": b.recipe.student.model})
-    budget.plan(study, todo, finish_processes(recipe, cores), len(builds) + 1 if recipe.search.baselines else 0)
 
 
 def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -> bl.SideBySide | None:
