@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from compress.errors import RecipeError
+
+# The study's storage URL when --storage is not given; how a worker gets it from the one that starts it, as a
+# URL may hold a password and any user of the host can read a process's command line.
+STORAGE_ENV = "COMPRESS_STORAGE"
 
 
 def load_recipe(path, overrides):
@@ -14,6 +19,17 @@ def load_recipe(path, overrides):
     return load(path, overrides)
 
 EXIT_BAD_INPUT = 2
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of threads, at least 1")
+    return int(text)
+
+
+def _train_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-threads", type=_at_least_one, help="PyTorch threads for training (default: every core; on a shared "
+                                                     "machine, or several workers on one: your share of the cores)")
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -63,10 +79,6 @@ def _study_recipe(args):
                        ("n_trials", getattr(args, "n_trials", None)), ("timeout_s", getattr(args, "timeout", None))):
         if value is not None:
             overrides.append(f"search.{key}={value}")
-    if getattr(args, "train_threads", None):
-        import torch
-
-        torch.set_num_threads(args.train_threads)
     return load_recipe(args.recipe, overrides)
 
 
@@ -74,8 +86,9 @@ def _search_argv(args) -> list[str]:
     """This ``compress search``'s arguments, for the workers it starts (search.workers)."""
     argv = ["search", args.recipe]
     for o in args.overrides:
-        argv += ["--set", o]
-    for flag, value in (("--storage", args.storage), ("--artifacts", args.artifacts),
+        if not o.startswith("search.storage="):  # a URL may hold a password: the workers get it from the environment
+            argv += ["--set", o]
+    for flag, value in (("--artifacts", args.artifacts),
                         ("--n-trials", getattr(args, "n_trials", None)), ("--timeout", getattr(args, "timeout", None))):
         if value is not None:
             argv += [flag, str(value)]
@@ -90,7 +103,8 @@ def _cmd_search(args, report_only: bool = False) -> int:
     recipe = _study_recipe(args)
     no_report = getattr(args, "no_report", False)
     n = 1 if report_only or no_report else recipe.search.workers
-    with LocalWorkers(_search_argv(args), n) as workers:
+    secret = {STORAGE_ENV: recipe.search.storage} if recipe.search.storage else {}
+    with LocalWorkers(_search_argv(args), n, secret) as workers:
         summary = run_study(recipe, report_only=report_only, report=not no_report,
                             workers=workers if n > 1 else None)
     if summary is None:  # another process writes (or wrote) the report
@@ -109,9 +123,10 @@ def _cmd_search(args, report_only: bool = False) -> int:
 
 
 def _storage_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="Optuna storage: sqlite:///FILE (default results/<name>/study.db), "
-                                     "postgresql+psycopg2://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass) or "
-                                     "journal:FILE; every worker of a study names the same one")
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                   help="Optuna storage: sqlite:///FILE (default results/<name>/study.db), "
+                        "postgresql+psycopg2://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass) or "
+                        f"journal:FILE; every worker of a study names the same one (default: ${STORAGE_ENV})")
     p.add_argument("--artifacts", help="Optuna artifact store for the trial models: a folder every worker reaches "
                                        "(default results/<name>/artifacts), s3://BUCKET or gs://BUCKET")
 
@@ -196,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
     p = sub.add_parser("teacher", help="train the recipe's teacher; writes checkpoint, ONNX and teacher.json")
     _recipe_args(p)
+    _train_threads_arg(p)
     p.set_defaults(func=_cmd_teacher)
     p = sub.add_parser("run", help="one compression run: distill, prune, quantize, export, measure")
     _recipe_args(p)
+    _train_threads_arg(p)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("search", help="the main job: Optuna search, Pareto front, baselines, artifact (resumable)")
     _recipe_args(p)
@@ -206,10 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="the study's complete + pruned trials to reach, all workers together "
                                                 "(resumed trials count)")
     p.add_argument("--timeout", type=float, help="the study's seconds of trials after which no new trial starts")
-    p.add_argument("--train-threads", type=int, help="PyTorch threads for training (several workers on one machine: "
-                                                     "cores / workers, so they do not oversubscribe)")
     p.add_argument("--no-report", action="store_true", help="run trials only and leave the report to another worker "
                                                             "(the workers that search.workers starts)")
+    _train_threads_arg(p)
     p.set_defaults(func=_cmd_search)
     p = sub.add_parser("report", help="write the study's report and bundle from its storage (once; again when rerun): "
                                       "final measurement, baselines, Pareto front, artifact")
@@ -256,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from compress.errors import BundleError, CompressError, ParityError
 
+    if getattr(args, "train_threads", None):
+        import torch
+
+        torch.set_num_threads(args.train_threads)
     try:
         return args.func(args)
     except ParityError as err:

@@ -72,3 +72,22 @@ def test_bench_on_a_file_that_is_not_onnx(capsys, tmp_path):
 def test_predict_on_a_file_it_cannot_read(capsys, argv, message):
     code, err = _err(capsys, argv)
     assert code != 0 and message in err
+
+
+def test_run_and_teacher_take_train_threads(monkeypatch, capsys):
+    """A shared machine: `compress run --train-threads 1` trains on one thread; 0 is refused by name."""
+    from compress import pipeline, report
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run", lambda recipe: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(report, "print_summary", lambda summary: None)
+    before = torch.get_num_threads()
+    try:
+        assert main(["run", "recipes/tiny.yaml", "--train-threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+    for cmd in ("run", "teacher"):
+        with pytest.raises(SystemExit):
+            main([cmd, "recipes/tiny.yaml", "--train-threads", "0"])
+        assert "'0': give a whole number of threads, at least 1" in capsys.readouterr().err

@@ -73,6 +73,13 @@ def test_fashion_mnist_missing_files_say_where_to_put_them(tmp_path, monkeypatch
         load_dataset(DataConfig(root=str(tmp_path / "empty"), val_size=5))
 
 
+def test_a_data_root_that_does_not_exist_is_an_error_not_a_copy(tmp_path):
+    typo = tmp_path / "fashon"
+    with pytest.raises(DatasetError, match=r"data.root .*fashon.*: no such folder.*leave data.root out"):
+        load_dataset(DataConfig(root=str(typo), val_size=5))
+    assert not typo.exists()
+
+
 # ---- torchvision by class name ----
 
 def test_torchvision_mnist_by_name_takes_the_class_labels(tmp_path):

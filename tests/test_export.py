@@ -108,3 +108,25 @@ def test_a_models_evaluation_is_kept_beside_it_and_read_only_for_that_file_and_d
     assert len(runs) == 3
     pipeline.evaluated(path, other_data)  # not kept: always evaluated
     assert len(runs) == 4
+
+
+def test_fp32_parity_is_relative_to_the_logits_scale(tmp_path, tiny_data):
+    """Float rounding grows with the logits: 3e-3 off on logits in the hundreds is a correct export; on logits
+    of at most 1 it is not."""
+    from compress.export import reference_logits
+
+    for factor, passes in ((1000.0, True), (1e-3, False)):
+        model = create_model("cnn", width=8, depth=1).eval()
+        with torch.no_grad():
+            model.fc.weight.mul_(factor)
+            model.fc.bias.mul_(factor)
+        path = export_onnx(model, tmp_path / f"m{factor}.onnx")
+        ref = reference_logits(model, tiny_data.val)
+        ref += 3e-3 * np.where(ref >= 0, 1.0, -1.0)  # away from zero: the largest magnitude grows by as much
+        if passes:
+            parity = check_parity(model, path, tiny_data.val, int8=False, reference=ref)
+            assert parity["max_abs_logit_diff"] > 1e-3 and parity["logit_scale"] > 10
+        else:
+            assert np.abs(ref).max() < 1
+            with pytest.raises(ParityError, match=r"above the allowed 1e-03 x 1 \(the largest logit magnitude"):
+                check_parity(model, path, tiny_data.val, int8=False, reference=ref)

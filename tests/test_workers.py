@@ -293,3 +293,67 @@ def test_wrong_password_is_refused_at_once_without_printing_it(postgres, tmp_pat
     assert proc.returncode == 2 and time.time() - t0 < 60  # no retrying for two minutes
     assert "PGPASSWORD" in proc.stderr and "~/.pgpass" in proc.stderr
     assert "not-the-password-123" not in proc.stdout + proc.stderr
+
+
+def test_the_workers_a_search_starts_get_the_storage_url_through_the_environment(monkeypatch, tmp_path):
+    """Any user of the host can read a process's command line: a password in the storage URL (from --storage or
+    --set search.storage) reaches the extra workers of search.workers through their environment only."""
+    from compress import cli
+    from compress.search import run as run_mod
+    from compress.search import workers as workers_mod
+
+    started = []
+
+    class FakeWorker:
+        stdout: list = []
+
+        def __init__(self, cmd, env, **kwargs):
+            started.append((cmd, env))
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(workers_mod.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(run_mod, "run_study", lambda *a, **k: None)
+    url = "postgresql+psycopg2://compress:s3cret-pw@db.example/studies"
+    for given in (["--storage", url], ["--set", f"search.storage={url}"]):
+        started.clear()
+        assert cli.main(["search", "recipes/tiny_search.yaml", *given, "--set", f"output_dir={tmp_path}",
+                         "--set", "search.workers=2"]) == 0
+        cmd, env = started[0]
+        assert "s3cret-pw" not in " ".join(cmd) and "--storage" not in cmd
+        assert env[cli.STORAGE_ENV] == url
+        # The worker reads it back: its recipe names the same storage.
+        monkeypatch.setenv(cli.STORAGE_ENV, env[cli.STORAGE_ENV])
+        args = cli.build_parser().parse_args(cmd[3:])
+        assert args.storage == url
+        monkeypatch.delenv(cli.STORAGE_ENV)
+
+
+def test_ctrl_c_ends_every_worker_with_one_line_and_the_study_resumes(tmp_path):
+    """Ctrl-C at a terminal signals the command's process group: with search.workers 2, one line says it (no
+    traceback from any process), and the same command again finishes the study."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    cmd = [c for c in _cmd(tmp_path, storage, 4) if c not in ("--train-threads", "1")]
+    cmd += ["--set", "search.workers=2", "--set", "distill.train.epochs=4"]
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def both_training() -> bool:
+        try:
+            return sum(t.state == TrialState.RUNNING and "tier" in t.user_attrs for t in _trials(storage)) == 2
+        except Exception:  # the study is not created yet
+            return False
+
+    _wait_for(both_training, what="both workers training")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert out.count("interrupted") == 1 and "exited with status" not in out, out[-3000:]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    _check_study(storage, 4)

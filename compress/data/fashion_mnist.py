@@ -34,10 +34,12 @@ def _stage_raw(root: Path) -> None:
         extract_archive(str(tmp), str(raw), remove_finished=True)
 
 
-def read_official(root: Path):
+def read_official(root: Path, stage: bool = True):
+    """The official splits from ``root``; ``stage``: Debian's files are copied there first when it lacks them."""
     from torchvision.datasets import FashionMNIST
 
-    _stage_raw(root)
+    if stage:
+        _stage_raw(root)
     try:
         train = FashionMNIST(str(root), train=True, download=False)
         test = FashionMNIST(str(root), train=False, download=False)
@@ -56,7 +58,13 @@ def read_official(root: Path):
 
 
 def load(cfg):
-    train, test = read_official(Path(cfg.root) if cfg.root else CACHE_DIR)
+    root = Path(cfg.root) if cfg.root else CACHE_DIR
+    if cfg.root and not root.is_dir():  # a typo is named, not filled with a copy of Debian's files
+        raise DatasetError(
+            f"data.root {cfg.root!r}: no such folder. For Fashion-MNIST it is the folder holding the four IDX files "
+            f"under FashionMNIST/raw/; fix the path, or leave data.root out to read Debian's package "
+            f"(apt-get install dataset-fashion-mnist)")
+    train, test = read_official(root, stage=cfg.root is None)
     return RawData("image", (train.data.unsqueeze(1), train.targets), None, (test.data.unsqueeze(1), test.targets),
                    labels=list(LABELS), mean=(MEAN,), std=(STD,), description="Fashion-MNIST (official split)",
                    augment=("shift", "hflip"))

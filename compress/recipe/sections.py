@@ -223,7 +223,7 @@ class ExportConfig(Section):
 
     opset: int = Field(17, ge=17, le=23, description="ONNX opset.")
     fp32_max_abs_diff: float = Field(1e-3, gt=0, description="Parity gate: largest difference between ONNX fp32 "
-                                     "and PyTorch logits.")
+                                     "and PyTorch logits, per unit of the largest logit magnitude (at least 1).")
     int8_min_agreement: float = Field(0.99, gt=0, le=1, description="Parity gate: least share of validation "
                                       "samples on which int8 top-1 agrees with PyTorch's.")
 

@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -229,6 +230,9 @@ class SideBySide:
                 except BrokenProcessPool as err:
                     raise RuntimeError(f"the process training {name} died ({err}); the models finished before it "
                                        "are kept, run the same command again to go on") from None
+        except KeyboardInterrupt:  # the builds' processes ignore Ctrl-C: they are ended here
+            self.stop()
+            raise
         finally:
             self.pool.shutdown(cancel_futures=True)
         return done
@@ -238,6 +242,7 @@ _child: dict = {}
 
 
 def _child_init(data: Dataset, tinfo: dict, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (SideBySide.results)
     torch.set_num_threads(threads)
     _child.update(data=data, tinfo=tinfo, teachers={})
 

@@ -84,19 +84,24 @@ def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: 
         if runs and recipe.search.wall_time_s is not None:
             clock.searched, clock.predicted = time.time(), budget.tail(study.get_trials(deepcopy=False), recipe)
     early = None  # the baseline(s) started while the other workers finish
-    if workers is not None:
-        if report and recipe.search.baselines and workers.running():
-            early = _baselines_while_waiting(recipe, study, data, tinfo, workers.per_worker)
-        workers.wait()
-        clock.lap("waiting_for_workers")
-    if not report:
-        return None
-    claim = claim_finisher(recipe, study, explicit=report_only)
-    if claim is None:
-        return None
-    with claim:
-        clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
-        return finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
+    try:
+        if workers is not None:
+            if report and recipe.search.baselines and workers.running():
+                early = _baselines_while_waiting(recipe, study, data, tinfo, workers.per_worker)
+            workers.wait()
+            clock.lap("waiting_for_workers")
+        if not report:
+            return None
+        claim = claim_finisher(recipe, study, explicit=report_only)
+        if claim is None:
+            return None
+        with claim:
+            clock.lap("waiting_for_workers")  # for the other workers' trials, when this one finishes the study
+            return finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock, early)
+    except KeyboardInterrupt:
+        if early is not None:
+            early.stop()  # its processes ignore Ctrl-C
+        raise
 
 
 def _baselines_while_waiting(recipe: Recipe, study, data, tinfo, threads: int) -> bl.SideBySide | None:

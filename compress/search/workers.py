@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -163,9 +164,40 @@ class Progress:
                    f"study ETA {eta / 60:.1f} min")  # why a trial stopped short: its "halving" attribute
 
 
+class QuietInterrupt(logging.Filter):
+    """Ctrl-C mid-trial: Optuna fails the trial (the next claim queues its parameters again) and logs the
+    interrupt with a traceback; the command says it in one line instead, so Optuna's lines from then on go."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.interrupted |= bool(record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+        return not self.interrupted
+
+
+@contextlib.contextmanager
+def quiet_interrupt():
+    handlers, quiet = logging.getLogger("optuna").handlers, QuietInterrupt()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+
+
 def optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: dict,
              teacher_val_accuracy: float) -> optuna.Study:
     """Run trials of the study (shared with any other worker) until its budget is spent."""
+    with quiet_interrupt():
+        return _optimize(recipe, study, full, teacher, teacher_info, teacher_val_accuracy)
+
+
+def _optimize(recipe: Recipe, study: optuna.Study, full, teacher, teacher_info: dict,
+              teacher_val_accuracy: float) -> optuna.Study:
 
     url = storage_url(recipe)
     lock = StudyLock(url, recipe.name)
@@ -280,10 +312,11 @@ class LocalWorkers:
     workers threads until the search ends, as 1-thread trainings side by side make more steps than one
     2-thread training (measured: results/README.md, train_threads_vnni.json). Their lines are shown here,
     prefixed ``[worker k]``. ``wait()`` waits for their last trials and takes the threads back; an error or
-    Ctrl-C stops them (their running trials are failed and queued again by the next claim)."""
+    Ctrl-C stops them (their running trials are failed and queued again by the next claim). ``env``: what they
+    get through the environment, not argv (a storage URL that holds a password: any user can read argv)."""
 
-    def __init__(self, argv: list[str], n: int):
-        self.n, self.argv, self.procs, self.threads = n, argv, [], []
+    def __init__(self, argv: list[str], n: int, env: dict[str, str] | None = None):
+        self.n, self.argv, self.env, self.procs, self.threads = n, argv, env or {}, [], []
         self.cores = torch.get_num_threads()
         self.per_worker = max(1, self.cores // n)
 
@@ -293,11 +326,13 @@ class LocalWorkers:
         tqdm.write(f"search.workers = {self.n}: {self.n} worker processes on this study, {self.per_worker} training "
                    f"thread(s) each; the others' lines are prefixed [worker k]")
         torch.set_num_threads(self.per_worker)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         for k in range(2, self.n + 1):
             cmd = [sys.executable, "-m", "compress", *self.argv, "--set", "search.workers=1",
                    "--train-threads", str(self.per_worker), "--no-report"]
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            # A session of its own: Ctrl-C at the terminal reaches this process only, which stops the others.
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 start_new_session=True)
             t = threading.Thread(target=self._relay, args=(p, k), daemon=True)
             t.start()
             self.procs.append(p)
@@ -326,13 +361,18 @@ class LocalWorkers:
         torch.set_num_threads(self.cores)
 
     def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None:
-            for p in self.procs:
-                if p.poll() is None:
-                    p.terminate()
+        if exc_type is None:
+            self.wait()
+            return
+        # An error or Ctrl-C here ends the others, quietly: this process says what happened, and the next
+        # claim fails their running trials and queues them again.
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
         for p in self.procs:
             try:
                 p.wait(timeout=60)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 p.kill()
-        self.wait()
+        self.procs, self.threads = [], []
+        torch.set_num_threads(self.cores)
