@@ -192,7 +192,10 @@ def _cmd_predict(args) -> int:
 
     from compress.handoff import predict
 
-    results = predict(args.bundle, args.inputs)
+    if args.no_verify:
+        print("WARNING: --no-verify: labelling with a model not checked against its bundle's manifest; it may not "
+              "be the model the card describes", file=sys.stderr)
+    results = predict(args.bundle, args.inputs, check=not args.no_verify)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, ...) or .npy for image models; .npy or .csv "
                                              "(one sample per row) for feature-vector models")
     p.add_argument("--json", action="store_true", help="print labels and all probabilities as JSON")
+    p.add_argument("--no-verify", action="store_true", help="label even when the model is not the one the manifest "
+                                                            "lists (a warning says so)")
     p.set_defaults(func=_cmd_predict)
     return parser
 

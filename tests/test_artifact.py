@@ -42,7 +42,7 @@ def test_bundle_has_everything_a_serving_team_needs(bundle):
         assert key in m, key
     assert set(m["lineage"]) >= {"teacher_sha256", "dataset_fingerprint", "calibration_fingerprint", "seed"}
     # Fashion-MNIST's test split stays in Debian's package, never in results/.
-    assert m["format"] == "compress-bundle/2" and "samples/test.npz" not in m["files"] and not m["test_split"]["bundled"]
+    assert m["format"] == "compress-bundle/3" and "samples/test.npz" not in m["files"] and not m["test_split"]["bundled"]
     assert m["input"]["shape"] == ["batch", 1, 28, 28] and m["preprocessing"]["source"].startswith("Fashion-MNIST")
     props = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
     assert json.loads(props["compress.labels"]) == m["labels"] and "compress.test_accuracy" in props

@@ -108,7 +108,7 @@ def test_rgb_bundle_is_described_by_its_spec(rgb):
     from tritonclient.grpc import model_config_pb2
 
     m = load_manifest(rgb)
-    assert m["format"] == "compress-bundle/2" and bundle_spec(m) == RGB
+    assert m["format"] == "compress-bundle/3" and bundle_spec(m) == RGB
     assert m["input"] == {"name": "input", "shape": ["batch", 3, 20, 24], "dtype": "float32", "layout": "NCHW"}
     assert m["output"]["name"] == "logits" and m["output"]["shape"] == ["batch", 3]
     assert m["labels"] == ["cat", "dog", "fox"] and m["task"] == "image classification (image folder data/pets)"
@@ -221,6 +221,18 @@ def test_a_format_1_bundle_reads_as_the_fashion_mnist_spec():
     assert manifest_problems(swapped, sess)[0].startswith(f"{EDITED} (labels differ")
 
 
+def test_a_format_2_bundle_still_verifies(tmp_path, capsys):
+    """Bundles are shipped, so their format keeps versions: the committed fashion_folder bundle, written in
+    format 2 (its digest leaves out the file list), verifies and labels with every other check."""
+    bundle = shutil.copytree("results/fashion_folder/artifact", tmp_path / "v2")
+    assert load_manifest(bundle)["format"] == "compress-bundle/2"
+    assert verify(bundle, latency_seconds=LATENCY_S, out=sys.stderr) == []
+    assert predict(bundle, [str(bundle / "samples" / "image_0.png")])[0]["label"]
+    (bundle / "samples" / "extra.py").write_text("")
+    assert "samples/extra.py: in the bundle but not in manifest.json (added)" in verify(
+        bundle, latency_seconds=LATENCY_S, out=sys.stderr)
+
+
 # ---- verify: each way to fail ----
 
 def _rehash(bundle, rel: str) -> None:
@@ -274,6 +286,97 @@ def test_an_edited_manifest_fails_and_predict_refuses_it(rgb, capsys, edit):
     problems = _fails(rgb, capsys, EDITED)
     assert ("labels differ" in problems[0]) == (edit is _swap_labels)
     with pytest.raises(BundleError, match="edited after the bundle was written"):
+        predict(rgb, [str(rgb / "samples" / "image_0.png")])
+
+
+# ---- tampering: each edit caught, naming its file ----
+
+def _manifest_of(bundle) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def _write_manifest(bundle, m: dict) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def test_a_file_edited_with_its_hash_rewritten_fails(vector, capsys):
+    card = vector / "MODEL_CARD.md"
+    card.write_text(card.read_text().replace("| this model |", "| this model (99.90% accurate) |"))
+    _rehash(vector, "MODEL_CARD.md")
+    _fails(vector, capsys, EDITED)
+
+
+def test_an_entry_removed_from_the_manifest_fails(vector, capsys):
+    m = _manifest_of(vector)
+    del m["files"]["samples/labels.npy"]
+    _write_manifest(vector, m)
+    problems = _fails(vector, capsys, "samples/labels.npy: in the bundle but not in manifest.json")
+    assert any(p.startswith(EDITED) for p in problems)
+
+
+@pytest.mark.parametrize("rel", ["samples/extra.py", "triton/rgb/evil.so"])
+def test_a_file_added_to_the_bundle_fails_listed_or_not(rgb, capsys, rel):
+    (rgb / rel).write_text("print('not the model')")
+    _fails(rgb, capsys, f"{rel}: in the bundle but not in manifest.json (added)")
+    _rehash(rgb, rel)  # listed, with its right sha256
+    _fails(rgb, capsys, EDITED)
+
+
+def test_an_entry_outside_the_bundle_fails_and_is_not_read(rgb, capsys, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the bundle")
+    (rgb / "samples" / "link.txt").symlink_to(secret)
+    m = _manifest_of(rgb)
+    for rel in ("../secret.txt", str(secret), "samples/link.txt"):
+        m["files"][rel] = sha256_file(secret)
+    _write_manifest(rgb, m)
+    problems = _fails(rgb, capsys, "../secret.txt: outside the bundle (not read)")
+    assert f"{secret}: outside the bundle (not read)" in problems and \
+        "samples/link.txt: outside the bundle (not read)" in problems
+
+
+def test_predict_refuses_a_model_that_is_not_the_bundles(rgb, tmp_path, capsys):
+    """Another valid model given the artifact's compress.* metadata: refused, also with its hash rewritten in
+    the manifest (its sample outputs give it away); --no-verify labels anyway, and says so."""
+    other = _build(tmp_path / "other", RGB, "cnn", {"width": 6, "depth": 1})
+    model, original = onnx.load(str(other / "model.onnx")), onnx.load(str(rgb / "model.onnx"))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    onnx.save(model, str(rgb / "model.onnx"))
+    image = str(rgb / "samples" / "image_0.png")
+    with pytest.raises(BundleError, match="model.onnx: missing, or its sha256 differs from manifest.json's"):
+        predict(rgb, [image])
+    _rehash(rgb, "model.onnx")
+    with pytest.raises(BundleError, match="samples: outputs differ from the recorded ones"):
+        predict(rgb, [image])
+    _fails(rgb, capsys, "samples: outputs differ")
+    assert main(["predict", str(rgb), image]) == 1
+    assert "samples: outputs differ" in capsys.readouterr().err
+    assert main(["predict", str(rgb), image, "--no-verify"]) == 0
+    assert "WARNING: --no-verify" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda b, m: m.pop("files"), "malformed (no files)"),
+    (lambda b, m: m.update(files=["model.onnx"]), "malformed (`files` is not a list"),
+    (lambda b, m: m["metrics"].pop("test_accuracy"), "malformed (KeyError: 'test_accuracy')"),
+], ids=["no files", "files not a mapping", "no test accuracy"])
+def test_a_malformed_manifest_is_named_not_a_traceback(rgb, capsys, damage, says):
+    m = _manifest_of(rgb)
+    damage(rgb, m)
+    _write_manifest(rgb, m)
+    assert main(["verify", str(rgb), "--latency-seconds", str(LATENCY_S)]) == 1
+    out, err = capsys.readouterr()
+    assert "VERIFIED" not in out and f"error: {rgb}" in err and says in err, err
+
+
+def test_sample_outputs_removed_with_their_entry_fail_without_a_traceback(rgb, capsys):
+    (rgb / "samples" / "outputs.npy").unlink()
+    m = _manifest_of(rgb)
+    del m["files"]["samples/outputs.npy"]
+    _write_manifest(rgb, m)
+    _fails(rgb, capsys, "samples/outputs.npy: not in manifest.json (removed)")
+    with pytest.raises(BundleError, match="samples/outputs.npy: missing"):
         predict(rgb, [str(rgb / "samples" / "image_0.png")])
 
 

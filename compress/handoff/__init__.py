@@ -4,7 +4,7 @@ A serving team needs nothing but this folder: the ONNX model (its key facts also
 ``manifest.json`` for machines, ``MODEL_CARD.md`` for people, sample inputs with the outputs the model
 gave, the test split when it is small enough to travel, and a Triton model-repository layout.
 ``manifest.json`` lists the sha256 of every other file; the model's metadata holds the sha256 of the
-manifest itself (``compress.manifest_sha256``), so an edit to either is caught.
+manifest itself, file list included (``compress.manifest_sha256``), so an edit to any file is caught.
 
 Everything about the input (shape, layout, preprocessing, labels) comes from the ``InputSpec`` recorded
 under ``preprocessing``; a ``compress-bundle/1`` bundle, which has no such record, is read as the

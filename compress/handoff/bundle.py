@@ -140,18 +140,23 @@ def write_bundle(folder: Path, model_src: Path, manifest: dict, test: tuple[np.n
                 "test_split": _write_test_split(samples, spec, raw, labels),
                 "triton": {"model_name": name, "max_batch_size": max_batch, "preferred_batch_sizes": pref},
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "packages": _versions()}
-    _set_metadata(model_src, staging / "model.onnx", _facts(manifest))  # the manifest is final from here on
     tdir = staging / "triton" / name / "1"
     tdir.mkdir(parents=True)
-    shutil.copyfile(staging / "model.onnx", tdir / "model.onnx")
     write_text_atomic(staging / "triton" / name / "config.pbtxt", triton_config(name, max_batch, pref, spec))
     write_text_atomic(staging / "MODEL_CARD.md", _card(manifest, spec))
-    manifest["files"] = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
-                         if p.is_file() and p.name != "manifest.json"}
+    manifest["files"] = _hashes(staging)  # every file but the model's copies: the digest in its metadata covers them
+    _set_metadata(model_src, staging / "model.onnx", _facts(manifest))
+    shutil.copyfile(staging / "model.onnx", tdir / "model.onnx")
+    manifest["files"] = _hashes(staging)
     fault("bundle")  # tests: a finisher killed mid-bundle leaves only the staging folder
     write_json_atomic(staging / "manifest.json", manifest)
     publish(staging, folder)
     return folder
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
 
 
 def hardware_note(m: dict) -> list[str]:
@@ -251,6 +256,8 @@ def _card(m: dict, spec: InputSpec) -> str:
               "Lineage: " + ", ".join(f"{k} `{v}`" for k, v in m["lineage"].items()) + ".", "",
               "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".", "",
               "## Files", "",
-              "sha256 of every file is in `manifest.json` (`files`), and the sha256 of `manifest.json` itself in the "
-              "model's ONNX metadata (`compress.manifest_sha256`); `compress verify` checks both.", ""]
+              "sha256 of every file is in `manifest.json` (`files`), and the sha256 of `manifest.json` itself, file "
+              "list included, in the model's ONNX metadata (`compress.manifest_sha256`). `compress verify` checks "
+              "both, and that no file was added; `compress predict` checks the model before labelling. This is "
+              "an integrity check, not a signature: someone who rewrites every file consistently is not caught.", ""]
     return "\n".join(lines)

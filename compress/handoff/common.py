@@ -13,9 +13,10 @@ from compress.errors import BundleError
 from compress.spec import INPUT_NAME, InputSpec
 from compress.measure.latency import make_session
 
-FORMAT = "compress-bundle/2"
+FORMAT = "compress-bundle/3"
 FORMAT_V1 = "compress-bundle/1"  # Fashion-MNIST only, no spec record, manifest not covered by a digest
-READABLE = (FORMAT_V1, FORMAT)
+FORMAT_V2 = "compress-bundle/2"  # the digest leaves out the file list
+READABLE = (FORMAT_V1, FORMAT_V2, FORMAT)
 # Fashion-MNIST's test set is in Debian's dataset-fashion-mnist (and torchvision's download), where verify
 # finds it; it is never copied into a bundle, because bundles are committed to results/.
 IDX_SOURCE = "Fashion-MNIST"
@@ -36,10 +37,20 @@ def bundle_spec(m: dict) -> InputSpec:
                           ) from None
 
 
+def model_files(m: dict) -> set[str]:
+    """The bundle's copies of the model: ``model.onnx`` and, where the manifest names one, Triton's."""
+    t = m.get("triton")
+    name = t.get("model_name") if isinstance(t, dict) else None
+    return {"model.onnx"} | ({f"triton/{name}/1/model.onnx"} if name else set())
+
+
 def manifest_sha256(m: dict) -> str:
-    """sha256 of the manifest's canonical JSON, ``files`` left out (it holds the hash of the model, whose
-    metadata holds this digest)."""
-    body = json.loads(json.dumps({k: v for k, v in m.items() if k != "files"}))  # as it reads back from disk
+    """sha256 of the manifest's canonical JSON, file list included, less the hashes of the model's copies
+    (the model's metadata holds this digest, so its own hash cannot be in it). Format 2: less the whole list."""
+    files = m.get("files") if isinstance(m.get("files"), dict) else {}
+    body = {k: v for k, v in m.items() if k != "files"} if m.get("format") == FORMAT_V2 else {
+        **m, "files": {k: v for k, v in files.items() if k not in model_files(m)}}
+    body = json.loads(json.dumps(body))  # as it reads back from disk
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

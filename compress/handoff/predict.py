@@ -10,7 +10,7 @@ import numpy as np
 
 from compress.errors import BundleError
 from compress.handoff.common import batched_logits, open_session, bundle_spec
-from compress.handoff.verify import load_manifest, manifest_problems
+from compress.handoff.verify import load_manifest, model_problems
 from compress.spec import InputSpec
 
 
@@ -126,15 +126,17 @@ def load_inputs(paths: list[str], spec: InputSpec) -> tuple[np.ndarray, list[str
     return np.concatenate(batches), names
 
 
-def predict(folder: str | Path, inputs: list[str]) -> list[dict]:
-    """Label ``inputs`` (files, see ``load_inputs``) with the bundle's model: label, index, probabilities."""
+def predict(folder: str | Path, inputs: list[str], check: bool = True) -> list[dict]:
+    """Label ``inputs`` (files, see ``load_inputs``) with the bundle's model: label, index, probabilities.
+    ``check``: first make sure the model is the bundle's (``model_problems``); refused when it is not."""
     folder = Path(folder)
     m = load_manifest(folder)
     x, names = load_inputs(inputs, bundle_spec(m))
     sess = open_session(folder / "model.onnx")
-    edited = manifest_problems(m, sess)
-    if edited:  # the labels printed would not be the model's
-        raise BundleError(f"{folder}: {edited[0]}; run `compress verify {folder}`")
+    wrong = model_problems(folder, m, sess) if check else []
+    if wrong:  # the labels printed would not be the bundle's model's
+        raise BundleError(f"{folder}: {wrong[0]}; run `compress verify {folder}` (or label with it anyway: "
+                          "--no-verify)")
     logits = batched_logits(sess, x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)

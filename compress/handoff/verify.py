@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import BundleError
-from compress.handoff.common import FORMAT_V1, IDX_SOURCE, READABLE, batched_logits, open_session, bundle_spec, manifest_sha256
+from compress.handoff.common import (
+    FORMAT_V1,
+    IDX_SOURCE,
+    READABLE,
+    batched_logits,
+    bundle_spec,
+    manifest_sha256,
+    model_files,
+    open_session,
+)
 from compress.io import sha256_file
 from compress.spec import InputSpec
 from compress.measure.latency import environment
@@ -22,6 +31,8 @@ SAMPLE_TOLERANCE = 1e-4  # same model, same runtime family: outputs agree far ti
 ACCURACY_TOLERANCE = 0.001  # or one sample, on small test splits: one borderline flip is not a broken model
 SLOWER_WARNING = 1.5  # re-measured p50 this many times the card's figure gets a warning
 EDITED = "manifest.json: edited after the bundle was written"
+MANIFEST_KEYS = ("name", "labels", "input", "preprocessing", "metrics", "latency", "files")
+REQUIRED_FILES = ("model.onnx", "MODEL_CARD.md", "samples/inputs.npy", "samples/outputs.npy")
 
 
 def load_manifest(folder: Path) -> dict:
@@ -32,9 +43,62 @@ def load_manifest(folder: Path) -> dict:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{path}: not valid JSON ({err})") from None
-    if m.get("format") not in READABLE:
-        raise BundleError(f"{path}: format {m.get('format')!r}; this compress reads {', '.join(READABLE)}")
+    if not isinstance(m, dict) or m.get("format") not in READABLE:
+        raise BundleError(f"{path}: format {m.get('format') if isinstance(m, dict) else None!r}; this compress "
+                          f"reads {', '.join(READABLE)}")
+    missing = [k for k in MANIFEST_KEYS if k not in m]
+    files = m.get("files")
+    if missing or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        why = f"no {', '.join(missing)}" if missing else "`files` is not a list of file: sha256"
+        raise BundleError(f"{path}: malformed ({why}); it was edited or not written by compress: restore it from "
+                          "the original bundle")
     return m
+
+
+def file_problems(folder: Path, m: dict) -> list[str]:
+    """Each listed file inside the bundle, present and as hashed; each file of the bundle listed; the files
+    every bundle has listed; the Triton copy the model itself."""
+    root, problems = folder.resolve(), []
+    for rel, digest in m["files"].items():
+        p = folder / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not p.resolve().is_relative_to(root):
+            problems.append(f"{rel}: outside the bundle (not read)")
+        elif not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{rel}: sha256 mismatch (file altered or corrupted)")
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if (p.is_file() or p.is_symlink()) and rel != "manifest.json" and rel not in m["files"]:
+            problems.append(f"{rel}: in the bundle but not in manifest.json (added)")
+    problems += [f"{rel}: not in manifest.json (removed)" for rel in REQUIRED_FILES if rel not in m["files"]]
+    if m["format"] != FORMAT_V1:
+        problems += [f"{rel}: not the same file as model.onnx" for rel in sorted(model_files(m) - {"model.onnx"})
+                     if rel in m["files"] and m["files"][rel] != m["files"].get("model.onnx")]
+    return problems
+
+
+def model_problems(folder: Path, m: dict, sess) -> list[str]:
+    """Why ``model.onnx`` is not the bundle's model, or []: its hash, the manifest's digest in its metadata, and
+    the outputs it gives for the sample inputs. What ``predict`` checks before labelling anything."""
+    for rel in ("model.onnx", "samples/inputs.npy", "samples/outputs.npy"):
+        if not (folder / rel).is_file() or m["files"].get(rel) != sha256_file(folder / rel):
+            return [f"{rel}: missing, or its sha256 differs from manifest.json's (another file, or altered)"]
+    return manifest_problems(m, sess) or sample_problems(folder, sess)[0]
+
+
+def sample_problems(folder: Path, sess) -> tuple[list[str], str]:
+    """Whether the model gives the recorded outputs for the sample inputs: (problems, what was seen)."""
+    x = np.load(folder / "samples" / "inputs.npy", allow_pickle=False)
+    want = np.load(folder / "samples" / "outputs.npy", allow_pickle=False)
+    got = batched_logits(sess, x)
+    if got.shape != want.shape:
+        return [f"samples: outputs of shape {got.shape}, recorded {want.shape}"], "outputs of another shape"
+    diff = float(np.abs(got - want).max())
+    seen = f"{len(x)} inputs, max abs output difference {diff:.2e} (tolerance {SAMPLE_TOLERANCE})"
+    if diff > SAMPLE_TOLERANCE or (got.argmax(1) != want.argmax(1)).any():
+        return [f"samples: outputs differ from the recorded ones (max abs diff {diff:.2e} > {SAMPLE_TOLERANCE})"], seen
+    return [], seen
 
 
 def manifest_problems(m: dict, sess) -> list[str]:
@@ -99,25 +163,27 @@ def _test_split(folder: Path, m: dict, spec: InputSpec, data_root: str | None, b
 
 
 def verify(folder: str | Path, *, data_root: str | None = None, latency_seconds: float = 3.0, out=None) -> list[str]:
-    """Check a bundle: every file's sha256, the manifest against the model's metadata, the sample outputs,
-    latency here (a warning only) and the test accuracy where the test split is at hand. Prints what it
-    checks; returns the list of problems (empty: verified)."""
-    folder = Path(folder)
-    m = load_manifest(folder)
+    """Check a bundle: every file's sha256 and none added, the manifest against the model's metadata, the
+    sample outputs, latency here (a warning only) and the test accuracy where the test split is at hand.
+    Prints what it checks; returns the list of problems (empty: verified)."""
+    m = load_manifest(Path(folder))
+    try:
+        return _verify(Path(folder), m, data_root, latency_seconds, out)
+    except (KeyError, TypeError) as err:  # a field the checks read is absent or of another type
+        raise BundleError(f"{folder}/manifest.json: malformed ({type(err).__name__}: {err}); it was edited or not "
+                          "written by compress: restore it from the original bundle") from None
+
+
+def _verify(folder: Path, m: dict, data_root: str | None, latency_seconds: float, out) -> list[str]:
     spec = bundle_spec(m)
     problems: list[str] = []
 
     def say(msg: str) -> None:
         print(msg, file=out or sys.stdout)  # looked up per call: a redirected sys.stdout is honoured
 
-    for rel, digest in m["files"].items():
-        p = folder / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
-        elif sha256_file(p) != digest:
-            problems.append(f"{rel}: sha256 mismatch (file altered or corrupted)")
+    problems = file_problems(folder, m)
     bad = {p.split(": ")[0] for p in problems}
-    say(f"files: {len(m['files'])} checked, {len(bad)} bad")
+    say(f"files: {len(m['files'])} listed, {len(bad)} bad")
     if "model.onnx" in bad:
         say("\n".join(f"  FAIL {p}" for p in problems))
         return problems
@@ -126,16 +192,11 @@ def verify(folder: str | Path, *, data_root: str | None = None, latency_seconds:
     problems += edited
     say(f"manifest: {'EDITED after the bundle was written' if edited else 'matches the model metadata'}")
     if {"samples/inputs.npy", "samples/outputs.npy"} & bad:
-        say("samples: skipped (files missing or altered)")
+        say("samples: skipped (files missing, altered or not listed)")
     else:
-        x = np.load(folder / "samples" / "inputs.npy")
-        want = np.load(folder / "samples" / "outputs.npy")
-        got = batched_logits(sess, x)
-        diff = float(np.abs(got - want).max())
-        if diff > SAMPLE_TOLERANCE or (got.argmax(1) != want.argmax(1)).any():
-            problems.append(f"samples: outputs differ from the recorded ones (max abs diff {diff:.2e} > "
-                            f"{SAMPLE_TOLERANCE})")
-        say(f"samples: {len(x)} inputs, max abs output difference {diff:.2e} (tolerance {SAMPLE_TOLERANCE})")
+        wrong, seen = sample_problems(folder, sess)
+        problems += wrong
+        say(f"samples: {seen}")
     _say_latency(folder, m, latency_seconds, say)
     raw, labels, where = _test_split(folder, m, spec, data_root, bad)
     card, size = m["metrics"]["test_accuracy"], m["metrics"].get("test_size")
