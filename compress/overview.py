@@ -13,7 +13,7 @@ from compress.export import export_onnx, onnx_accuracy
 from compress.measure.latency import measure
 from compress.pipeline import prepare
 from compress.report import mmacs
-from compress.teacher import model_size
+from compress.teacher import model_size, teacher_warnings
 
 
 def inspect_recipe(recipe: Recipe) -> dict:
@@ -40,7 +40,8 @@ def inspect_recipe(recipe: Recipe) -> dict:
                  "train_class_counts": counts, "fingerprint": data.fingerprint},
         "teacher": {"checkpoint": tinfo["checkpoint"], "format": tinfo["format"], "sha256": tinfo["sha256"],
                     "prunable": tinfo["prunable"], "val_accuracy": val, "test_accuracy": test, "params": params,
-                    "macs": macs, "onnx_size_bytes": size, "latency": lat.to_dict()},
+                    "macs": macs, "onnx_size_bytes": size, "latency": lat.to_dict(),
+                    "warnings": teacher_warnings(val, tinfo, spec)},
         "target": t.model_dump(),
         "slo": verdict,
     }
@@ -65,6 +66,7 @@ def format_inspection(r: dict) -> str:
         f"teacher: {te['checkpoint']} ({te['format']}{'' if te['prunable'] else ', cannot be pruned: students are distilled'}"
         f", sha256 {te['sha256'][:12]})",
         f"  accuracy: validation {100 * te['val_accuracy']:.2f}%, test {100 * te['test_accuracy']:.2f}%",
+        *te["warnings"],
         f"  size: {te['params']:,} parameters, {mmacs(te['macs'])} MMACs, ONNX {te['onnx_size_bytes'] / 2**20:.2f} MiB",
         f"  latency on {t['device']}, batch {t['batch_size']}, {t['threads']} thread(s): p50 {lat['p50_ms']:.3f} ms, "
         f"p95 {lat['p95_ms']:.3f} ms ({lat['n_runs']} runs), {lat['throughput_sps']:,.0f} samples/s",

@@ -20,7 +20,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compress import __version__
-from compress.data import Dataset, batches, calibration_inputs, load_dataset
+from compress.data import Dataset, batches, calibration_inputs, load_dataset, split_overlaps
 from compress.data.teacher_logits import cached_teacher_logits
 from compress.errors import ParityError, TargetError
 from compress.export import (
@@ -56,7 +56,7 @@ from compress.recipe import (
     with_values,
 )
 from compress.spec import InputSpec
-from compress.teacher import load_teacher, model_size
+from compress.teacher import load_teacher, model_size, teacher_warnings
 from compress.techniques.distill import make_loss, teacher_logits_for
 from compress.techniques.prune import adapt_batchnorm, prune_
 from compress.techniques.quantize import quantize_int8, reduce_range
@@ -127,6 +127,8 @@ def prepare(recipe: Recipe, data: Dataset | None = None) -> tuple[Dataset, nn.Mo
     """Everything a run needs, every input checked before any work: target, data, teacher, students."""
     check_target(recipe)
     data = data or load_dataset(recipe.data)
+    for warning in split_overlaps(data):
+        tqdm.write(warning)
     teacher, tinfo = load_teacher(recipe.teacher, data.spec)
     check_teacher_use(recipe, tinfo)
     check_students(recipe, data.spec)
@@ -355,6 +357,8 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
         lat = compare({s.name: s.onnx for s in all_stages}, recipe.latency, recipe.target.batch_size,
                       recipe.target.threads, recipe.target.device)
         metrics = {s.name: model_metrics(s, data, lat[s.name]) for s in all_stages}
+        for warning in teacher_warnings(metrics["teacher"]["val_accuracy"], tinfo, data.spec):
+            tqdm.write(warning)
         final = stages[-1]
         shutil.copyfile(final.onnx, work / ARTIFACT)
         (work / "teacher.onnx").unlink()  # the teacher is committed as a checkpoint; its ONNX is 7 MB

@@ -193,6 +193,9 @@ def print_study_summary(summary: dict) -> None:
              + f", {summary['n_trials_promoted']} promoted to the full one"
              if short or summary.get("n_trials_promoted") else "") + "; "
           f"Pareto front: {summary['pareto_size']} spanning {summary['pareto_latency_span']:.1f}x in p50")
+    if summary.get("chosen_tied_with"):
+        print(f"artifact: trial {summary['chosen_trial']}, the fastest feasible one as accurate on validation as "
+              f"trial(s) {', '.join(map(str, summary['chosen_tied_with']))} (McNemar p >= 0.05)")
     for k, b in summary["baselines"].items():
         print(f"baseline {k:<20} test {100 * b['test_accuracy']:.2f}%  p95 {b['latency_p95_ms']:.3f} ms  "
               f"{verdict_text(b['versus_front'])}")

@@ -118,8 +118,10 @@ class InputSpec:
     def describe(self) -> str:
         """One sentence for people (model card, inspect)."""
         if self.kind == "vector":
-            return (f"{self.shape[0]} float features per sample, standardised with the training split's "
-                    "per-feature mean and std: x = (v - mean) / std")
+            if all(m == 0 for m in self.mean) and all(s == 1 for s in self.std):
+                return f"{self.shape[0]} float features per sample, used as they are (not standardised)"
+            return (f"{self.shape[0]} float features per sample, standardised: x = (v - mean) / std, with the "
+                    f"{'per-feature' if len(self.mean) > 1 else 'one'} mean and std recorded under preprocessing")
         c, h, w = self.shape
         size = (f"resized so the shorter side is {self.resize} px, centre-cropped to {w}x{h}" if self.resize
                 else f"{w}x{h} px (other sizes are resized to it)")

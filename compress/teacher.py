@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from compress.data import Dataset
 from compress.data.fashion_mnist import SPEC
-from compress.errors import CompressError, TeacherError
+from compress.errors import CompressError, RecipeError, TeacherError
 from compress.export import check_parity, export_onnx
 from compress.io import read_json, sha256_file, write_json_atomic
 from compress.measure.latency import measure
@@ -33,11 +33,16 @@ def info_path(checkpoint: str | Path) -> Path:
 
 
 DEMO_CHECKPOINT = "teachers/fashion_mnist_resnet/model.pt"
+
+
 def _spec(spec: InputSpec | None) -> InputSpec:
     return spec or SPEC
 
 
 def build_teacher(cfg: TeacherConfig, spec: InputSpec | None = None) -> nn.Module:
+    if cfg.model is None:
+        raise RecipeError("teacher.model: name the architecture to train (a family, tv:<arch> or "
+                          "package.module:factory)")
     return build_model(cfg.model, _spec(spec), cfg.model_kwargs, "teacher.model")
 
 
@@ -76,6 +81,29 @@ def load_teacher(cfg: TeacherConfig, spec: InputSpec | None = None) -> tuple[nn.
     check_output(model, spec, f"teacher.checkpoint {ckpt}")
     info = {**info, "sha256": digest, "checkpoint": str(ckpt), "format": fmt, "prunable": fmt in PRUNABLE}
     return model.eval(), info
+
+
+# The teacher's validation accuracy this far below what its teacher.json records says the data are not what it
+# was trained on (preprocessing, above all), rather than noise between splits.
+FAR_BELOW_PP = 5.0
+
+
+def teacher_warnings(val_accuracy: float, tinfo: dict, spec: InputSpec) -> list[str]:
+    """Why the teacher's accuracy on this validation split looks wrong, with the setting to check, or []."""
+    recorded, chance = tinfo.get("val_accuracy"), 1 / spec.num_classes
+    if recorded is not None and 100 * (recorded - val_accuracy) > FAR_BELOW_PP:
+        why = f"{100 * val_accuracy:.2f}% on this validation split, where its teacher.json records {100 * recorded:.2f}%"
+    elif val_accuracy < 1.5 * chance:
+        why = f"{100 * val_accuracy:.2f}% on this validation split, near chance ({100 * chance:.1f}% with {spec.num_classes} classes)"
+    else:
+        return []
+    if spec.kind == "vector":
+        identity = all(m == 0 for m in spec.mean) and all(s == 1 for s in spec.std)
+        fix = ("if it was trained on standardised features, leave data.mean and data.std out" if identity else
+               "if it was trained on the raw features, set data.mean: [0] and data.std: [1]")
+    else:
+        fix = "check data.mean and data.std, the image size (data.image_size, data.resize) and the channels"
+    return [f"WARNING: the teacher scores {why}: the data may not be preprocessed as in its training; {fix}"]
 
 
 def model_size(model: nn.Module, spec: InputSpec) -> tuple[int | None, int]:

@@ -48,7 +48,8 @@ def test_teacher_with_the_wrong_output_size(capsys, tmp_path):
 
 def test_teacher_that_does_not_take_the_data_shape(capsys, tmp_path):
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), tmp_path / "t.pt")
-    code, err = _err(capsys, TINY + ["--set", f"teacher.checkpoint={tmp_path}/t.pt", "--set", "teacher.trust_pickle=true"])
+    code, err = _err(capsys, TINY + ["--set", f"teacher.checkpoint={tmp_path}/t.pt", "--set", "teacher.trust_pickle=true",
+                                     "--set", "teacher.model=null"])
     assert code == 2 and "fails on inputs of shape [2, 1, 28, 28]" in err
 
 
@@ -91,3 +92,16 @@ def test_run_and_teacher_take_train_threads(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             main([cmd, "recipes/tiny.yaml", "--train-threads", "0"])
         assert "'0': give a whole number of threads, at least 1" in capsys.readouterr().err
+
+
+def test_an_error_inside_the_teachers_factory_blames_the_factory(capsys, tmp_path, monkeypatch):
+    """Not "the checkpoint could not be loaded": the user's own code raised, and the message says where."""
+    (tmp_path / "boom_models.py").write_text("def teacher(num_classes, in_channels):\n"
+                                             "    raise RuntimeError('CUDA out of memory in my factory')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "t.pt")
+    code, err = _err(capsys, TINY + ["--set", "teacher.model=boom_models:teacher", "--set", "teacher.model_kwargs={}",
+                                     "--set", f"teacher.checkpoint={tmp_path}/t.pt"])
+    assert code == 2 and "teacher.model = 'boom_models:teacher': building it raised RuntimeError: CUDA out of " \
+                         "memory in my factory (inside boom_models:teacher" in err
+    assert "could not be loaded" not in err

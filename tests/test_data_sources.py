@@ -395,6 +395,19 @@ def test_labels_out_of_range_are_refused(tmp_path):
         load_dataset(DataConfig(source="arrays", path=_labelled_npz(tmp_path, y_test=[0, 1, 2, 3, -1, 0]), val_size=4))
 
 
+def test_a_label_past_the_classes_and_a_single_class_are_named(tmp_path):
+    """Label 12 in what is a 4-class training set: classes with no sample are named, not a teacher mismatch later."""
+    x = _images(31)
+    path = _npz(tmp_path / "g.npz", x_train=x[:25], y_train=np.array([0, 1, 2, 3] * 5 + [12] * 5), x_test=x[25:],
+                y_test=np.arange(6) % 4)
+    with pytest.raises(DatasetError, match=r"go up to 12 \(13 classes\), but class\(es\) 4, 5, 6, 7, 8, 9, 10, 11 "
+                                           "have no training sample"):
+        load_dataset(DataConfig(source="arrays", path=path, val_size=4))
+    _tree(tmp_path / "one", classes=("cat",))
+    with pytest.raises(DatasetError, match=r"one class \(cat\): a classifier needs two"):
+        load_dataset(DataConfig(source="folder", root=str(tmp_path / "one"), val_size=1))
+
+
 def test_label_names_fewer_than_classes_are_refused(tmp_path):
     path = _labelled_npz(tmp_path)
     with pytest.raises(DatasetError, match=r"data.labels names 2 classes, but the training labels go up to 3 \(4 classes\)"):
@@ -464,3 +477,18 @@ def test_a_tree_larger_than_the_memory_bound_is_streamed_and_trains(tmp_path):
     model = build_model("cnn", data.spec, {"width": 4, "depth": 1})
     history = train_(model, data.train, TrainConfig(epochs=1, batch_size=8, device="cpu"), val=data.val)
     assert len(history) == 1 and 0 <= accuracy(model, data.test) <= 1
+
+
+def test_inputs_shared_between_splits_are_reported(tmp_path):
+    """A validation split that repeats training inputs makes validation accuracy (which chooses the models)
+    meaningless: named, with how many."""
+    from compress.data import split_overlaps
+
+    x = _images(30)
+    path = _npz(tmp_path / "o.npz", x_train=x[:20], y_train=np.arange(20) % 4, x_val=x[:4], y_val=np.arange(4),
+                x_test=x[20:], y_test=np.arange(10) % 4)
+    warnings = split_overlaps(load_dataset(DataConfig(source="arrays", path=path)))
+    assert warnings == ["WARNING: 4 validation input(s) also in the training split (identical): validation accuracy "
+                        "is not held out on them, and it chooses the models; remove the duplicates"]
+    clean = _npz(tmp_path / "c.npz", x_train=x[:20], y_train=np.arange(20) % 4, x_test=x[20:], y_test=np.arange(10) % 4)
+    assert split_overlaps(load_dataset(DataConfig(source="arrays", path=clean, val_size=4))) == []

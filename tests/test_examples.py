@@ -31,3 +31,19 @@ def test_digits_teacher_is_the_committed_one():
     model, info = load_teacher(recipe.teacher, data.spec)
     assert info["format"] == "compress" and info["prunable"]
     assert json.loads(open("teachers/digits_mlp/teacher.json").read())["sha256"] == info["sha256"]
+
+
+def test_inspect_warns_when_the_teacher_is_given_other_preprocessing(capsys):
+    """The digits teacher learned on standardised features: given them raw (data.mean [0], data.std [1]) it
+    scores far below its teacher.json, and inspect says so loudly, with the setting to check; the recorded
+    preprocessing says what is applied."""
+    from compress.cli import main
+
+    fast = ["--set", "latency.max_seconds=0.2", "--set", "latency.min_runs=50"]
+    assert main(["inspect", "recipes/digits.yaml", "--set", "data.mean=[0]", "--set", "data.std=[1]", *fast]) == 0
+    out = capsys.readouterr().out
+    assert "64 float features per sample, used as they are (not standardised)" in out
+    assert "WARNING: the teacher scores" in out and "leave data.mean and data.std out" in out
+    assert main(["inspect", "recipes/digits.yaml", *fast]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and "standardised: x = (v - mean) / std" in out

@@ -447,6 +447,17 @@ def test_predict_bad_inputs_exit_nonzero_naming_the_file(built, tmp_path, capsys
         assert text in err, err
 
 
+def test_the_card_says_when_the_recipe_sets_no_accuracy_bound(tmp_path):
+    from compress.export import export_onnx
+    from compress.models import build_model
+
+    model = export_onnx(build_model("mlp", VECTOR, {"width": 8, "depth": 1}), tmp_path / "m.onnx", 17, VECTOR.shape)
+    m = _manifest(VECTOR, "nobound", 0.5, N_TEST)
+    m["service_level"] = {**m["service_level"], "max_accuracy_drop_pp": None}
+    card = (write_bundle(tmp_path / "b", model, m, _raw(VECTOR, N_TEST), []) / "MODEL_CARD.md").read_text()
+    assert "p95 <= 5.0 ms per request; accuracy drop: no bound set." in card and "None" not in card
+
+
 def test_model_card_warns_when_int8_needs_vnni():
     from compress.handoff.bundle import hardware_note
 

@@ -3,7 +3,7 @@ import pytest
 
 from compress.measure.verdicts import pareto_indices
 from compress.report import plot_pareto_png, write_csv
-from compress.search.records import choose
+from compress.search.records import choose, tied
 
 
 def _brute_force(points):
@@ -77,6 +77,25 @@ def _rec(i, acc, lat, drop_ok=True, feasible=True):
 def test_choice_is_most_accurate_feasible():
     front = [_rec(0, 0.80, 0.1), _rec(1, 0.85, 0.2), _rec(2, 0.90, 0.5, feasible=False)]
     assert choose(front)["trial"] == 1
+
+
+def test_choice_is_the_fastest_feasible_member_as_accurate_on_validation_as_the_best():
+    """Trial 2 is the most accurate feasible one (86%); trial 1 (85.5%) differs from it on 30 + 20 samples,
+    which McNemar's test cannot tell from chance (p = 0.2): the faster trial 1 is taken. Trial 0 (80%) is
+    clearly less accurate, and the infeasible trial 3 is never a candidate."""
+    n = 2000
+    right = {t: np.zeros(n, bool) for t in range(4)}
+    right[2][:1720] = True
+    right[1][:1690] = True
+    right[1][1720:1740] = True
+    right[0][:1600] = True
+    right[3][:1900] = True
+    front = [_rec(0, 0.80, 0.1), _rec(1, 0.855, 0.2), _rec(2, 0.86, 0.6), _rec(3, 0.95, 0.5, feasible=False)]
+    assert choose(front, right)["trial"] == 1
+    assert [r["trial"] for r in tied(front[:3], right)] == [1, 2]
+    assert choose(front)["trial"] == 2  # without the validation samples: the most accurate
+    right[1][1720:1730] = False  # 30 vs 10 discordant samples: p = 0.002, trial 2 is more accurate
+    assert choose(front, right)["trial"] == 2
 
 
 def test_choice_without_feasible_trial_is_fastest_within_accuracy_bound():

@@ -123,8 +123,9 @@ def test_every_teacher_format_loads_and_gives_the_same_logits(tmp_path, layout):
         torch.save(model, path)
     else:
         export_onnx(model, path)
-    cfg = TeacherConfig(model="cnn", model_kwargs={"width": 4, "depth": 1}, checkpoint=str(path),
-                        trust_pickle=layout == "pickle_trusted")
+    weights_only = layout.startswith("nested")  # the others carry their architecture: teacher.model left out
+    cfg = TeacherConfig(model="cnn" if weights_only else None, model_kwargs={"width": 4, "depth": 1},
+                        checkpoint=str(path), trust_pickle=layout == "pickle_trusted")
     loaded, info = load_teacher(cfg)
     assert torch.allclose(loaded(x), want, atol=1e-4)
     assert info["prunable"] == (layout in ("nested_state_dict", "nested_model_prefixed", "pickle_trusted"))
@@ -149,3 +150,41 @@ def test_a_teacher_with_the_wrong_number_of_classes_names_both_numbers(tmp_path)
     cfg = TeacherConfig(model="cnn", model_kwargs={"width": 4, "depth": 1, "num_classes": 5}, checkpoint=str(tmp_path / "m.pt"))
     with pytest.raises(RecipeError, match="num_classes=5, but the data have 10"):
         load_teacher(cfg)
+
+
+@pytest.mark.parametrize("layout", ["torchscript", "onnx", "ours"])
+def test_a_checkpoint_that_contradicts_teacher_model_names_both(tmp_path, layout):
+    """A recipe naming resnet_small given a file that holds another model: an error, never the file's model
+    in silence."""
+    from compress.export import export_onnx
+
+    model, path = _small(), tmp_path / ("m.onnx" if layout == "onnx" else "m.pt")
+    if layout == "torchscript":
+        torch.jit.trace(model, torch.randn(1, 1, 28, 28)).save(str(path))
+    elif layout == "onnx":
+        export_onnx(model, path)
+    else:
+        torch.save({"model": "cnn", "model_kwargs": {"width": 4, "depth": 1}, "state_dict": model.state_dict()}, path)
+    with pytest.raises(TeacherError, match=r"teacher.model .*resnet_small.*leave teacher.model out"):
+        load_teacher(TeacherConfig(model="resnet_small", checkpoint=str(path)))
+    assert load_teacher(TeacherConfig(checkpoint=str(path)))[0] is not None
+
+
+def test_a_state_dict_without_teacher_model_asks_for_it(tmp_path):
+    torch.save(_small().state_dict(), tmp_path / "m.pt")
+    with pytest.raises(TeacherError, match="holds weights only .*name their architecture in teacher.model"):
+        load_teacher(TeacherConfig(checkpoint=str(tmp_path / "m.pt")))
+
+
+def test_teacher_warnings_name_the_cause_and_the_setting():
+    from compress.data.fashion_mnist import SPEC
+    from compress.spec import InputSpec
+    from compress.teacher import teacher_warnings
+
+    vec = InputSpec("vector", (4,), ("a", "b"), (1.0, 2.0, 3.0, 4.0), (1.0, 1.0, 2.0, 2.0), 1.0)
+    assert teacher_warnings(0.93, {"val_accuracy": 0.95}, vec) == []  # within a few points: noise between splits
+    far = teacher_warnings(0.57, {"val_accuracy": 0.95}, vec)
+    assert "57.00% on this validation split, where its teacher.json records 95.00%" in far[0]
+    assert "set data.mean: [0] and data.std: [1]" in far[0]
+    chance = teacher_warnings(0.11, {}, SPEC)
+    assert "near chance (10.0% with 10 classes)" in chance[0] and "data.mean and data.std" in chance[0]

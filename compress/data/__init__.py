@@ -150,16 +150,31 @@ def _spec(cfg: DataConfig, raw: RawData, train_x: torch.Tensor, train_y: torch.T
     else:
         mean, std = _stats(raw.kind, train_x, base.divide)
     n_classes = int(train_y.max()) + 1 if len(train_y) else 0
+    if not (cfg.labels or raw.labels):
+        _check_inferred_classes(train_y, n_classes)
     labels = cfg.labels or raw.labels or [str(i) for i in range(n_classes)]
     if len(labels) < n_classes:
         raise DatasetError(f"data.labels names {len(labels)} classes, but the training labels go up to "
                            f"{n_classes - 1} ({n_classes} classes); give one name per class")
+    if len(labels) < 2:
+        raise DatasetError(f"the data have one class ({', '.join(map(str, labels)) or 'none'}): a classifier needs "
+                           "two at least; check the data source (an image folder needs one sub-folder per class)")
     try:
         return dataclasses.replace(base, labels=tuple(str(v) for v in labels), mean=mean, std=std,
                                    source=raw.description, augment=raw.augment)
     except ValueError as err:
         raise DatasetError(f"data.mean / data.std: {err} (the input has {base.shape[0]} "
                            f"{'channels' if raw.kind == 'image' else 'features'})") from None
+
+
+def _check_inferred_classes(train_y: torch.Tensor, n_classes: int) -> None:
+    """Classes counted from the labels (none named): labels with gaps are a mistake in the data."""
+    empty = [i for i, n in enumerate(train_y.bincount(minlength=n_classes).tolist()) if n == 0]
+    if empty:
+        raise DatasetError(f"the training labels go up to {n_classes - 1} ({n_classes} classes), but class(es) "
+                           f"{', '.join(map(str, empty))} have no training sample: a label outside the real classes? "
+                           "Labels must be class indices 0..K-1; name the classes in data.labels if some have no "
+                           "training sample on purpose")
 
 
 def _check_labels(tr: Split, va: Split, te: Split, spec: InputSpec) -> None:
@@ -170,6 +185,24 @@ def _check_labels(tr: Split, va: Split, te: Split, spec: InputSpec) -> None:
         if lo < 0 or hi >= spec.num_classes:
             raise DatasetError(f"the {name} split has label {hi if hi >= spec.num_classes else lo}, outside 0.."
                                f"{spec.num_classes - 1} ({spec.num_classes} classes); labels must be class indices")
+
+
+
+def split_overlaps(data: Dataset) -> list[str]:
+    """Warnings for inputs that appear in two splits (identical bytes): accuracy on them is not held out.
+    Streamed images are not read for this."""
+    splits = {"training": data.train, "validation": data.val, "test": data.test}
+    if any(s.streamed for s in splits.values()):
+        return []
+    seen = {name: {hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+                   for row in s.raw.numpy().reshape(len(s), -1)} for name, s in splits.items()}
+    out = []
+    for a, b in (("validation", "training"), ("test", "training"), ("test", "validation")):
+        n = len(seen[a] & seen[b])
+        if n:
+            out.append(f"WARNING: {n} {a} input(s) also in the {b} split (identical): {a} accuracy is not held out "
+                       f"on them{', and it chooses the models' if a == 'validation' else ''}; remove the duplicates")
+    return out
 
 
 def calibration_inputs(split: Split, n: int, seed: int) -> tuple[np.ndarray, str]:

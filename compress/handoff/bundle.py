@@ -192,6 +192,10 @@ def _paired(tests: dict) -> list[str]:
     return lines + [""] if lines else []
 
 
+def _bound(what: str, value, unit: str) -> str:
+    return f"{what} <= {value} {unit}" if value is not None else f"{what}: no bound set"
+
+
 def _card(m: dict, spec: InputSpec) -> str:
     met, lat, slo = m["metrics"], m["latency"], m["service_level"]
     noun = "images" if spec.kind == "image" else "samples"
@@ -234,7 +238,8 @@ def _card(m: dict, spec: InputSpec) -> str:
         f"{m['teacher_latency']['p95_ms']:.3f} ms ({m['speedup_p50']:.1f}x faster at p50, timed interleaved with "
         "this model in one process).", "",
         "## Service level", "",
-        f"Requirement: p95 <= {slo.get('p95_ms')} ms per request; accuracy drop <= {slo.get('max_accuracy_drop_pp')} pp. "
+        f"Requirement: {_bound('p95', slo.get('p95_ms'), 'ms per request')}; "
+        f"{_bound('accuracy drop', slo.get('max_accuracy_drop_pp'), 'pp')}. "
         f"**{'Met' if slo.get('met') else 'NOT met'}.**", ""]
     cap, cur = m.get("capacity"), m.get("currency", "")
     if cap:

@@ -95,6 +95,9 @@ def build_model(name: str, spec, kwargs: dict[str, Any] | None = None, field: st
         hint = f"; it takes {', '.join(taken)}" if taken else ""
         raise RecipeError(f"{field} = {name!r} could not be built with {kwargs or 'no kwargs'} "
                           f"({type(err).__name__}: {str(err).strip(chr(39))}){hint}") from None
+    except Exception as err:  # noqa: BLE001 - raised inside the architecture's own code: said so, not blamed on a file
+        raise RecipeError(f"{field} = {name!r}: building it raised {type(err).__name__}: {err} (inside {name}, "
+                          f"called with {({**args, **kwargs}) or 'no arguments'})") from None
     if not isinstance(model, nn.Module):
         raise RecipeError(f"{field} = {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     check_output(model, spec, f"{field} = {name!r}")

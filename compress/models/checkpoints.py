@@ -115,7 +115,21 @@ def _is_state_dict(obj) -> bool:
 
 
 def read_checkpoint(ckpt: Path, cfg: TeacherConfig, spec: InputSpec) -> tuple[nn.Module, str]:
-    """The module a checkpoint holds and the checkpoint's format."""
+    """The module a checkpoint holds and the checkpoint's format; teacher.model must not contradict it."""
+    model, fmt = _read(ckpt, cfg, spec)
+    if cfg.model is not None and fmt in CARRIED:
+        raise TeacherError(f"teacher.checkpoint {ckpt} is {CARRIED[fmt]}, which carries its own architecture, but "
+                           f"teacher.model names {cfg.model!r}: leave teacher.model out to use the file's, or give "
+                           f"{cfg.model}'s weights as a state_dict")
+    return model, fmt
+
+
+# Formats whose file holds the architecture as well as the weights.
+CARRIED = {"onnx": "an ONNX model", "torch.export": "a torch.export program", "torchscript": "TorchScript",
+           "pickle": "a pickled module"}
+
+
+def _read(ckpt: Path, cfg: TeacherConfig, spec: InputSpec) -> tuple[nn.Module, str]:
     if ckpt.suffix.lower() == ".onnx":
         return OnnxTeacher(ckpt), "onnx"
     if ckpt.suffix.lower() == ".pt2":
@@ -139,7 +153,12 @@ def read_checkpoint(ckpt: Path, cfg: TeacherConfig, spec: InputSpec) -> tuple[nn
         return obj, "pickle"
     if isinstance(blob, dict) and isinstance(blob.get("model"), str) and "state_dict" in blob:
         # ours (`compress teacher`): it names its own family and kwargs
-        model = build_model(blob["model"], spec, blob.get("model_kwargs", {}), f"teacher.checkpoint {ckpt} (model)")
+        kwargs = blob.get("model_kwargs", {})
+        if cfg.model is not None and (cfg.model, cfg.model_kwargs or kwargs) != (blob["model"], kwargs):
+            raise TeacherError(f"teacher.checkpoint {ckpt} holds {blob['model']} {kwargs}, but teacher.model and "
+                               f"model_kwargs name {cfg.model} {cfg.model_kwargs}: leave teacher.model out to use the "
+                               "checkpoint's, or name the architecture it holds")
+        model = build_model(blob["model"], spec, kwargs, f"teacher.checkpoint {ckpt} (model)")
         _load_state_dict(model, blob["state_dict"], ckpt)
         return model, "compress"
     for key in ("state_dict", "model", "model_state_dict", "weights"):
@@ -150,6 +169,9 @@ def read_checkpoint(ckpt: Path, cfg: TeacherConfig, spec: InputSpec) -> tuple[nn
         keys = ", ".join(map(str, list(blob)[:8])) if isinstance(blob, dict) else type(blob).__name__
         raise TeacherError(f"teacher.checkpoint {ckpt}: no state_dict found (top-level keys: {keys}); save "
                            "model.state_dict(), or a dict with it under 'state_dict' or 'model'")
+    if cfg.model is None:
+        raise TeacherError(f"teacher.checkpoint {ckpt} holds weights only (a state_dict): name their architecture in "
+                           "teacher.model (a family, tv:<arch> or package.module:factory)")
     model = build_model(cfg.model, spec, cfg.model_kwargs, "teacher.model")
     _load_state_dict(model, blob, ckpt)
     return model, "state_dict"

@@ -143,10 +143,11 @@ class TrainConfig(Section):
 class TeacherConfig(Section):
     """The big, accurate model to compress. `compress teacher` trains it and writes its checkpoint."""
 
-    model: str = Field("resnet_small", description=(
+    model: str | None = Field(None, description=(
         "A registered family (resnet_small, cnn, mlp), tv:<torchvision arch>, or package.module:factory called "
-        "with model_kwargs (and num_classes, in_channels, in_features where it takes them). Not needed when the "
-        "checkpoint carries it (TorchScript, torch.export, a pickled module, ONNX, one `compress teacher` wrote)."))
+        "with model_kwargs (and num_classes, in_channels, in_features where it takes them). Leave it out when the "
+        "checkpoint carries its architecture (TorchScript, torch.export, a pickled module, ONNX, one `compress "
+        "teacher` wrote); one that contradicts the checkpoint is an error."))
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="The architecture's constructor arguments.")
     checkpoint: str = Field("teachers/fashion_mnist_resnet/model.pt", description=(
         "The trained checkpoint, checked against sha256 and the teacher.json beside it: a state_dict (plain or "

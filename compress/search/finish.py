@@ -34,6 +34,7 @@ from compress.search.publish import summary_of, write_outputs
 from compress.search.records import (
     NEAR_FRONT,
     choose,
+    tied,
     fetch_model,
     judged,
     recipe_of,
@@ -113,7 +114,7 @@ def finish(recipe, study, data, teacher, tinfo, teacher_rec, teacher_onnx, clock
     front, alone = _measured_alone(recipe, _near_front(recipe, complete, frozen, store), teacher_onnx,
                                    teacher_rec["val_accuracy"], target)
     measured = {r["trial"] for r in front}  # their files stay: a report run again measures these same trials
-    front = _with_chosen(still_pareto(front, recipe))  # the exact numbers can reorder close neighbours
+    front = _with_chosen(still_pareto(front, recipe), data)  # the exact numbers can reorder close neighbours
     clock.lap("final_latency")
 
     after = _train_after_search(recipe, _chosen(front), complete, frozen, store, data, teacher, tinfo,
@@ -200,10 +201,14 @@ def _measured_alone(recipe: Recipe, near: list[dict], teacher_onnx: Path, teache
     return front, alone
 
 
-def _with_chosen(front: list[dict]) -> list[dict]:
-    """The front with its chosen member marked (``choose``)."""
-    pick = choose(front)["trial"]
-    return [{**r, "chosen": r["trial"] == pick} for r in front]
+def _with_chosen(front: list[dict], data) -> list[dict]:
+    """The front with its chosen member marked (``choose``, with the feasible members' per-sample correctness
+    on the validation split), which records the members it was tied with under ``tied_with``."""
+    val_correct = {r["trial"]: onnx_correct(Path(r["artifact_path"]), data.val) for r in front if r["feasible"]}
+    pick = choose(front, val_correct)
+    ties = [r["trial"] for r in tied([r for r in front if r["feasible"]], val_correct)] if pick["feasible"] else []
+    return [{**r, "chosen": r is pick, **({"tied_with": [t for t in ties if t != r["trial"]]} if r is pick else {})}
+            for r in front]
 
 
 def _chosen(front: list[dict]) -> dict:

@@ -20,6 +20,16 @@ from compress.storage import mask
 from compress.techniques.quantize import FORMAT_NAMES
 
 
+def _because(chosen: dict) -> str:
+    if not chosen["feasible"]:
+        return ("no trial meets the service level: fastest within the accuracy bound" if chosen["constraint"][1] <= 0
+                else "no trial meets the service level nor the accuracy bound: most accurate trial")
+    if chosen.get("tied_with"):
+        return ("fastest trial meeting the service level whose validation accuracy is not distinguishable from the "
+                "most accurate one's (McNemar on the validation split)")
+    return "most accurate trial meeting the service level (no other as accurate on the validation split)"
+
+
 def summary_of(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clock) -> dict:
     states = [t.state for t in study.trials]
     untrained = sum(t.state == TrialState.COMPLETE and "untrained" in t.user_attrs for t in study.trials)
@@ -32,10 +42,8 @@ def summary_of(recipe, study, teacher_rec, chosen, front, refs, tinfo, data, clo
         "slo_p95_ms": recipe.slo.p95_ms,
         "slo_max_accuracy_drop_pp": recipe.slo.max_accuracy_drop_pp,
         "chosen_trial": chosen["trial"],
-        "chosen_because": ("most accurate trial meeting the service level" if chosen["feasible"] else
-                           "no trial meets the service level: fastest within the accuracy bound"
-                           if chosen["constraint"][1] <= 0 else
-                           "no trial meets the service level nor the accuracy bound: most accurate trial"),
+        "chosen_because": _because(chosen),
+        "chosen_tied_with": chosen.get("tied_with", []),  # feasible trials as accurate on validation (McNemar)
         "chosen_params": chosen["params_"],
         "n_trials_complete": states.count(TrialState.COMPLETE) - untrained,
         "n_trials_untrained_too_slow": untrained,  # timed before training, missed the p95 bound, not trained

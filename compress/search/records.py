@@ -9,13 +9,14 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from compress.io import sha256_file
-from compress.measure.verdicts import pareto_indices
+from compress.measure.verdicts import ALPHA, mcnemar, pareto_indices
 from compress.recipe import Recipe, with_values
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -137,13 +138,24 @@ def needs_full(recipe: Recipe, rec: dict) -> bool:
 NEAR_FRONT = 1.6
 
 
-def choose(front: list[dict]) -> dict:
-    """Most accurate feasible front member; when none is feasible, the fastest within the accuracy bound
-    (or, when none is within it either, the most accurate)."""
+def choose(front: list[dict], val_correct: dict[int, np.ndarray] | None = None) -> dict:
+    """The artifact. Among feasible front members: the fastest of those tied with the most accurate one
+    (``tied``); without ``val_correct``, the most accurate. When none is feasible, the fastest within the
+    accuracy bound (or, when none is within it either, the most accurate)."""
     feasible = [r for r in front if r["feasible"]]
     if feasible:
-        return max(feasible, key=lambda r: (r["val_accuracy"], -r["latency_p95_ms"]))
+        return min(tied(feasible, val_correct), key=lambda r: (r["latency_p95_ms"], -r["val_accuracy"]))
     accurate = [r for r in front if r["constraint"][1] <= 0]
     if accurate:
         return min(accurate, key=lambda r: r["latency_p95_ms"])
     return max(front, key=lambda r: r["val_accuracy"])
+
+
+def tied(feasible: list[dict], val_correct: dict[int, np.ndarray] | None) -> list[dict]:
+    """The most accurate member on validation, and those whose per-sample validation correctness
+    (``val_correct``, by trial) McNemar's test cannot tell from its: the test split reports, never chooses."""
+    best = max(feasible, key=lambda r: (r["val_accuracy"], -r["latency_p95_ms"]))
+    if not val_correct:
+        return [best]
+    return [r for r in feasible if r is best
+            or mcnemar(val_correct[r["trial"]], val_correct[best["trial"]])["p_value"] >= ALPHA]

@@ -28,7 +28,7 @@ from compress.search.finish import (
 from compress.search.records import choose, needs_full, recipe_of, trained, trial_record
 from compress.search.study import artifact_store, open_study
 from compress.search.workers import claim_finisher, optimize
-from compress.teacher import model_size
+from compress.teacher import model_size, teacher_warnings
 
 
 class Phases:
@@ -76,6 +76,8 @@ def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: 
     macs, params = model_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
+    for warning in teacher_warnings(teacher_rec["val_accuracy"], tinfo, data.spec):
+        tqdm.write(warning)
     clock.lap("setup")  # data, teacher, its ONNX and validation accuracy (the accuracy bound)
 
     if not report_only:
