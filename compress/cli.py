@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check an artifact bundle: hashes, manifest, sample outputs, latency here, "
                                       "test accuracy")
     p.add_argument("bundle", help="the artifact folder, e.g. results/fashion_mnist/artifact")
-    p.add_argument("--data", help="Fashion-MNIST bundles: folder with the t10k IDX files (default: .data/ or Debian's "
-                                  "package); other bundles carry their test split when it is small enough")
+    p.add_argument("--data", help="the test split to re-check the accuracy on: an .npz of raw inputs x and labels y "
+                                  "(a split too large to travel in the bundle), or for Fashion-MNIST bundles a folder "
+                                  "with the t10k IDX files (default: .data/ or Debian's package)")
     p.add_argument("--latency-seconds", type=float, default=3.0)
     p.set_defaults(func=_cmd_verify)
     p = sub.add_parser("predict", help="label inputs with an artifact bundle: image files of any size and mode, "

@@ -190,6 +190,21 @@ def test_a_test_split_too_large_to_travel_leaves_the_samples(tmp_path, monkeypat
     assert "test accuracy here: on the samples only:" in out and "/8 correct" in out
 
 
+def test_a_split_too_large_to_travel_is_rechecked_from_data_given(tmp_path, monkeypatch, capsys):
+    """verify --data FILE.npz (raw x, labels y): the card's accuracy recomputed for a user's own data too."""
+    import compress.handoff.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "TEST_SPLIT_MAX_BYTES", 100)
+    raw, labels = _raw(VECTOR, N_TEST)
+    bundle = _build(tmp_path / "big", VECTOR, "mlp", {"width": 8, "depth": 1}, test=(raw, labels))
+    np.savez(tmp_path / "test.npz", x=raw, y=labels)
+    assert main(["verify", str(bundle), "--data", str(tmp_path / "test.npz"), "--latency-seconds", "0.1"]) == 0
+    assert f"on {N_TEST} test samples from {tmp_path / 'test.npz'}" in capsys.readouterr().out
+    np.savez(tmp_path / "wrong.npz", x=raw, y=(labels + 1) % VECTOR.num_classes)
+    assert main(["verify", str(bundle), "--data", str(tmp_path / "wrong.npz"), "--latency-seconds", "0.1"]) == 1
+    assert "differs from the card's" in capsys.readouterr().out
+
+
 def test_fashion_mnist_test_split_is_never_bundled_and_verify_reads_the_idx_files(tmp_path, capsys):
     from compress.data.fashion_mnist import SPEC
 

@@ -140,6 +140,13 @@ def find_test_set(root: Path | None) -> tuple[np.ndarray, np.ndarray, Path] | No
 
 def _test_split(folder: Path, m: dict, spec: InputSpec, data_root: str | None, bad: set[str]):
     """(raw samples, labels, what they are) for the accuracy check, or (None, None, why not)."""
+    if data_root and data_root.endswith(".npz"):  # the user's own test split, as load_dataset gives it: raw x, y
+        try:
+            with np.load(data_root, allow_pickle=False) as z:
+                return z["x"], z["y"], f"test samples from {data_root}"
+        except (OSError, KeyError, ValueError) as err:
+            raise BundleError(f"--data {data_root}: not an .npz with arrays x (raw inputs) and y (labels): "
+                              f"{type(err).__name__}: {err}") from None
     if "samples/test.npz" in m["files"]:
         if "samples/test.npz" in bad:
             return None, None, "samples/test.npz is missing or altered"
