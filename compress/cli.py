@@ -205,6 +205,29 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _measure_parsers(sub) -> None:
+    """``bench`` and ``stability``: the latency protocol on ONNX files."""
+    p = sub.add_parser("bench", help="measure ONNX models with the product's latency protocol")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--vs", help="a second ONNX model, timed interleaved with the first; prints the ratio")
+    p.add_argument("--batch-sizes", type=_ints, default=[1], help="comma-separated, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=_ints, default=[1], help="comma-separated intra-op threads (default 1)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--min-runs", type=int, default=200)
+    p.add_argument("--max-seconds", type=float, default=5.0, help="time cap per model and setting")
+    p.add_argument("--json", help="also write the rows and the environment to this JSON file")
+    p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("stability", help="measure a teacher/artifact pair in N separate processes; CV of p50 and ratio")
+    p.add_argument("teacher", help="the slower (reference) ONNX model")
+    p.add_argument("artifact", help="the compressed ONNX model")
+    p.add_argument("--processes", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=5.0)
+    p.add_argument("--min-runs", type=int, default=1000, help="timed runs per model and process, at least")
+    p.add_argument("--out", default="results/latency_stability.json")
+    p.set_defaults(func=_cmd_stability)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,25 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     _storage_args(p)
     p.set_defaults(func=lambda a: _cmd_search(a, report_only=True))
-    p = sub.add_parser("bench", help="measure ONNX models with the product's latency protocol")
-    p.add_argument("model", help="ONNX model file")
-    p.add_argument("--vs", help="a second ONNX model, timed interleaved with the first; prints the ratio")
-    p.add_argument("--batch-sizes", type=_ints, default=[1], help="comma-separated, e.g. 1,8,32 (default 1)")
-    p.add_argument("--threads", type=_ints, default=[1], help="comma-separated intra-op threads (default 1)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--min-runs", type=int, default=200)
-    p.add_argument("--max-seconds", type=float, default=5.0, help="time cap per model and setting")
-    p.add_argument("--json", help="also write the rows and the environment to this JSON file")
-    p.set_defaults(func=_cmd_bench)
-    p = sub.add_parser("stability", help="measure a teacher/artifact pair in N separate processes; CV of p50 and ratio")
-    p.add_argument("teacher", help="the slower (reference) ONNX model")
-    p.add_argument("artifact", help="the compressed ONNX model")
-    p.add_argument("--processes", type=int, default=5)
-    p.add_argument("--max-seconds", type=float, default=5.0)
-    p.add_argument("--min-runs", type=int, default=1000, help="timed runs per model and process, at least")
-    p.add_argument("--out", default="results/latency_stability.json")
-    p.set_defaults(func=_cmd_stability)
+    _measure_parsers(sub)
     p = sub.add_parser("verify", help="check an artifact bundle: hashes, manifest, sample outputs, latency here, "
                                       "test accuracy")
     p.add_argument("bundle", help="the artifact folder, e.g. results/fashion_mnist/artifact")

@@ -196,8 +196,30 @@ def _bound(what: str, value, unit: str) -> str:
     return f"{what} <= {value} {unit}" if value is not None else f"{what}: no bound set"
 
 
+def _latency_section(m: dict) -> list[str]:
+    """The card's latency, throughput and service-level sections."""
+    lat, slo = m["latency"], m["service_level"]
+    return [
+        "## Latency and throughput", "",
+        f"Measured with ONNX Runtime {m['machine'].get('onnxruntime')} on {m['machine'].get('cpu')} "
+        f"({m['machine'].get('cores')} cores, {' '.join(m['machine'].get('flags', []))}), batch {lat['batch_size']}, "
+        f"{lat['threads']} thread(s), {lat['n_runs']} timed runs after warm-up, the model alone in its process (as a serving replica runs it):", "",
+        "| p50 | p90 | p95 | p99 | mean | throughput |", "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {lat['p50_ms']:.3f} ms | {lat['p90_ms']:.3f} ms | {lat['p95_ms']:.3f} ms | {lat['p99_ms']:.3f} ms | "
+        f"{lat['mean_ms']:.3f} ms | {lat['throughput_sps']:,.0f} samples/s |", "",
+        f"95% confidence intervals (order statistics): p50 [{lat['p50_ci95_ms'][0]:.3f}, {lat['p50_ci95_ms'][1]:.3f}] "
+        f"ms, p95 [{lat['p95_ci95_ms'][0]:.3f}, {lat['p95_ci95_ms'][1]:.3f}] ms.", "",
+        f"Teacher on the same machine and run: p50 {m['teacher_latency']['p50_ms']:.3f} ms, p95 "
+        f"{m['teacher_latency']['p95_ms']:.3f} ms ({m['speedup_p50']:.1f}x faster at p50, timed interleaved with "
+        "this model in one process).", "",
+        "## Service level", "",
+        f"Requirement: {_bound('p95', slo.get('p95_ms'), 'ms per request')}; "
+        f"{_bound('accuracy drop', slo.get('max_accuracy_drop_pp'), 'pp')}. "
+        f"**{'Met' if slo.get('met') else 'NOT met'}.**", ""]
+
+
 def _card(m: dict, spec: InputSpec) -> str:
-    met, lat, slo = m["metrics"], m["latency"], m["service_level"]
+    met = m["metrics"]
     noun = "images" if spec.kind == "image" else "samples"
     of = f" of {spec.source}" if spec.source else ""
     example = "samples/image_0.png" if spec.kind == "image" else "samples/raw.npy"
@@ -225,22 +247,7 @@ def _card(m: dict, spec: InputSpec) -> str:
         + ("They travel in `samples/test.npz`, so `compress verify` recomputes it anywhere." if split["bundled"] else
            f"`compress verify` recomputes it from {split['where']}." if spec.source.startswith(IDX_SOURCE) else
            f"The test split is {split['where']}; `compress verify` checks the samples only."), "",
-        "## Latency and throughput", "",
-        f"Measured with ONNX Runtime {m['machine'].get('onnxruntime')} on {m['machine'].get('cpu')} "
-        f"({m['machine'].get('cores')} cores, {' '.join(m['machine'].get('flags', []))}), batch {lat['batch_size']}, "
-        f"{lat['threads']} thread(s), {lat['n_runs']} timed runs after warm-up, the model alone in its process (as a serving replica runs it):", "",
-        "| p50 | p90 | p95 | p99 | mean | throughput |", "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {lat['p50_ms']:.3f} ms | {lat['p90_ms']:.3f} ms | {lat['p95_ms']:.3f} ms | {lat['p99_ms']:.3f} ms | "
-        f"{lat['mean_ms']:.3f} ms | {lat['throughput_sps']:,.0f} samples/s |", "",
-        f"95% confidence intervals (order statistics): p50 [{lat['p50_ci95_ms'][0]:.3f}, {lat['p50_ci95_ms'][1]:.3f}] "
-        f"ms, p95 [{lat['p95_ci95_ms'][0]:.3f}, {lat['p95_ci95_ms'][1]:.3f}] ms.", "",
-        f"Teacher on the same machine and run: p50 {m['teacher_latency']['p50_ms']:.3f} ms, p95 "
-        f"{m['teacher_latency']['p95_ms']:.3f} ms ({m['speedup_p50']:.1f}x faster at p50, timed interleaved with "
-        "this model in one process).", "",
-        "## Service level", "",
-        f"Requirement: {_bound('p95', slo.get('p95_ms'), 'ms per request')}; "
-        f"{_bound('accuracy drop', slo.get('max_accuracy_drop_pp'), 'pp')}. "
-        f"**{'Met' if slo.get('met') else 'NOT met'}.**", ""]
+        *_latency_section(m)]
     cap, cur = m.get("capacity"), m.get("currency", "")
     if cap:
         lines += ["## Capacity and cost", "",
