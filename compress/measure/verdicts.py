@@ -120,6 +120,11 @@ def front_hypervolume(front: list[dict], teacher_p95_ms: float, floor: float = 0
             "y": f"test accuracy - {floor:.2f}", "reference_point": [0, 0]}
 
 
+# How much faster at trial time another, as accurate trial must have been for a trial to be out of the final
+# measurement's reach: the p95 of one model moved by up to ~1.6x between minutes of a study (results/README.md).
+NEAR_FRONT = 1.6
+
+
 def pareto_indices(points: list[tuple[float, float]], margin: float = 1.0) -> list[int]:
     """Indices of the non-dominated (accuracy to maximise, latency to minimise) points, fastest first. With
     ``margin`` > 1 a point is left out only when another is at least as accurate and ``margin`` times as fast:

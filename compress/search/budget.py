@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from compress.measure.capacity import default_threads
-from compress.measure.verdicts import pareto_indices
+from compress.measure.verdicts import NEAR_FRONT, pareto_indices
 from compress.pipeline import from_teacher
 from compress.recipe import Recipe, with_values
 
@@ -76,15 +76,16 @@ def full_seconds(t: optuna.trial.FrozenTrial, recipe: Recipe) -> float:
 
 
 def tail(trials: list[optuna.trial.FrozenTrial], recipe: Recipe) -> dict | None:
-    """Seconds the run needs after its search, by part, or None before a trial has trained. Any trial may be
-    chosen, so training is the longest full schedule of a trial (its student without KD trains it again,
-    beside the other baselines); the final measurement and the capacity sweep are bounded by the recipe's
-    time limits per model."""
+    """Seconds the run needs after its search, by part, or None before a trial has trained. Any trial within
+    the final measurement's reach of the front (``NEAR_FRONT``) may be chosen, so training is the longest full
+    schedule among them (its student without KD trains it again, beside the other baselines); the final
+    measurement and the capacity sweep are bounded by the recipe's time limits per model."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs]
     if not done:
         return None
     metrics = [t.user_attrs["metrics"] for t in done]
-    front = pareto_indices([(m["val_accuracy"], m["latency_p95_ms"]) for m in metrics])
+    points = [(m["val_accuracy"], m["latency_p95_ms"]) for m in metrics]
+    front, near = pareto_indices(points), pareto_indices(points, margin=NEAR_FRONT)
     lat, cap = recipe.latency, recipe.capacity
 
     def measured(p50_ms: float) -> float:
@@ -99,7 +100,7 @@ def tail(trials: list[optuna.trial.FrozenTrial], recipe: Recipe) -> dict | None:
     if cap.enabled:
         threads = cap.threads or default_threads(os.cpu_count() or 1)
         capacity = (len(front) + 1) * len(cap.batch_sizes) * len(threads) * 2 * cap.max_seconds
-    parts = {"training": max(full_seconds(t, recipe) for t in done), "final_measurement": measurement,
+    parts = {"training": max(full_seconds(done[i], recipe) for i in near), "final_measurement": measurement,
              "capacity": capacity, "report": REPORT_S}
     return {"seconds": sum(parts.values()), "parts": parts}
 

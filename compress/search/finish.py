@@ -20,6 +20,7 @@ from compress.io import write_text_atomic
 from compress.measure.capacity import capacity_markdown, plan_for
 from compress.measure.latency import compare, measure
 from compress.measure.verdicts import (
+    NEAR_FRONT,
     baseline_verdict,
     pareto_indices,
     test_accuracy_fields,
@@ -32,7 +33,6 @@ from compress.search import baselines as bl
 from compress.search.halving import FullPlan, full_plan, full_result
 from compress.search.publish import summary_of, write_outputs
 from compress.search.records import (
-    NEAR_FRONT,
     choose,
     tied,
     fetch_model,

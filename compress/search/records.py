@@ -133,11 +133,6 @@ def needs_full(recipe: Recipe, rec: dict) -> bool:
     return rec.get("schedule") == "short" or recipe.search.train_fraction < 1
 
 
-# How much faster at trial time another, as accurate trial must have been for a trial to be left out of the final
-# measurement: the p95 of one model moved by up to ~1.6x between minutes of a study (results/README.md).
-NEAR_FRONT = 1.6
-
-
 def choose(front: list[dict], val_correct: dict[int, np.ndarray] | None = None) -> dict:
     """The artifact. Among feasible front members: the fastest of those tied with the most accurate one
     (``tied``); without ``val_correct``, the most accurate. When none is feasible, the fastest within the
