@@ -340,7 +340,10 @@ def test_ctrl_c_ends_every_worker_with_one_line_and_the_study_resumes(tmp_path):
     cmd = [c for c in _cmd(tmp_path, storage, 4) if c not in ("--train-threads", "1")]
     cmd += ["--set", "search.workers=2", "--set", "distill.train.epochs=4"]
     log = tmp_path / "first.log"
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    # As from a terminal: a group of its own to signal, and SIGINT at its default (a shell runs background jobs,
+    # and so maybe this test, with SIGINT ignored, which Python then keeps).
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def both_training() -> bool:
         try:
