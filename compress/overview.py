@@ -41,7 +41,7 @@ def inspect_recipe(recipe: Recipe) -> dict:
         "teacher": {"checkpoint": tinfo["checkpoint"], "format": tinfo["format"], "sha256": tinfo["sha256"],
                     "prunable": tinfo["prunable"], "val_accuracy": val, "test_accuracy": test, "params": params,
                     "macs": macs, "onnx_size_bytes": size, "latency": lat.to_dict(),
-                    "warnings": teacher_warnings(val, tinfo, spec)},
+                    "warnings": teacher_warnings(val, tinfo, spec, teacher, data.val)},
         "target": t.model_dump(),
         "slo": verdict,
     }

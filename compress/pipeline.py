@@ -357,7 +357,7 @@ def run(recipe: Recipe, data: Dataset | None = None) -> dict:
         lat = compare({s.name: s.onnx for s in all_stages}, recipe.latency, recipe.target.batch_size,
                       recipe.target.threads, recipe.target.device)
         metrics = {s.name: model_metrics(s, data, lat[s.name]) for s in all_stages}
-        for warning in teacher_warnings(metrics["teacher"]["val_accuracy"], tinfo, data.spec):
+        for warning in teacher_warnings(metrics["teacher"]["val_accuracy"], tinfo, data.spec, teacher, data.val):
             tqdm.write(warning)
         final = stages[-1]
         shutil.copyfile(final.onnx, work / ARTIFACT)

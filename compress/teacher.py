@@ -7,6 +7,7 @@ sha256, metrics and the command that produced it.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from compress.data import Dataset
+from compress.data import Dataset, Split
 from compress.data.fashion_mnist import SPEC
 from compress.errors import CompressError, RecipeError, TeacherError
 from compress.export import check_parity, export_onnx
@@ -88,8 +89,10 @@ def load_teacher(cfg: TeacherConfig, spec: InputSpec | None = None) -> tuple[nn.
 FAR_BELOW_PP = 5.0
 
 
-def teacher_warnings(val_accuracy: float, tinfo: dict, spec: InputSpec) -> list[str]:
-    """Why the teacher's accuracy on this validation split looks wrong, with the setting to check, or []."""
+def teacher_warnings(val_accuracy: float, tinfo: dict, spec: InputSpec, teacher: nn.Module | None = None,
+                     val: Split | None = None) -> list[str]:
+    """Why the teacher's accuracy on this validation split looks wrong, with the setting to check, or []. For
+    feature vectors, given the teacher and the split, the other normalisation is tried and its accuracy said."""
     recorded, chance = tinfo.get("val_accuracy"), 1 / spec.num_classes
     if recorded is not None and 100 * (recorded - val_accuracy) > FAR_BELOW_PP:
         why = f"{100 * val_accuracy:.2f}% on this validation split, where its teacher.json records {100 * recorded:.2f}%"
@@ -101,6 +104,11 @@ def teacher_warnings(val_accuracy: float, tinfo: dict, spec: InputSpec) -> list[
         identity = all(m == 0 for m in spec.mean) and all(s == 1 for s in spec.std)
         fix = ("if it was trained on standardised features, leave data.mean and data.std out" if identity else
                "if it was trained on the raw features, set data.mean: [0] and data.std: [1]")
+        if teacher is not None and val is not None and not val.streamed:
+            x = val.raw.float()
+            other = (dataclasses.replace(val, mean=x.mean(0), std=x.std(0).clamp_min(1e-6)) if identity else
+                     dataclasses.replace(val, mean=torch.zeros(()), std=torch.ones(())))
+            fix += f" (so normalised, it scores {100 * accuracy(teacher, other):.2f}% here)"
     else:
         fix = "check data.mean and data.std, the image size (data.image_size, data.resize) and the channels"
     return [f"WARNING: the teacher scores {why}: the data may not be preprocessed as in its training; {fix}"]

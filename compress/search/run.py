@@ -76,7 +76,7 @@ def _run_study(recipe: Recipe, study, clock: Phases, report_only: bool, report: 
     macs, params = model_size(teacher, data.spec)
     teacher_rec = {"name": "teacher", "val_accuracy": onnx_accuracy(teacher_onnx, data.val), "params": params,
                    "macs": macs, "size_bytes": teacher_onnx.stat().st_size, "int8": False}
-    for warning in teacher_warnings(teacher_rec["val_accuracy"], tinfo, data.spec):
+    for warning in teacher_warnings(teacher_rec["val_accuracy"], tinfo, data.spec, teacher, data.val):
         tqdm.write(warning)
     clock.lap("setup")  # data, teacher, its ONNX and validation accuracy (the accuracy bound)
 
