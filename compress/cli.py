@@ -28,8 +28,9 @@ def _at_least_one(text: str) -> int:
 
 
 def _train_threads_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-threads", type=_at_least_one, help="PyTorch threads for training (default: every core; on a shared "
-                                                     "machine, or several workers on one: your share of the cores)")
+    p.add_argument("--train-threads", type=_at_least_one,
+                   help="PyTorch threads for training (default: every core; on a shared machine, or several workers "
+                        "on one: your share of the cores)")
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,6 @@ from compress.search.halving import FullPlan, full_plan, full_result
 from compress.search.publish import summary_of, write_outputs
 from compress.search.records import (
     choose,
-    tied,
     fetch_model,
     judged,
     recipe_of,
@@ -206,9 +205,7 @@ def _with_chosen(front: list[dict], data) -> list[dict]:
     on the validation split), which records the members it was tied with under ``tied_with``."""
     val_correct = {r["trial"]: onnx_correct(Path(r["artifact_path"]), data.val) for r in front if r["feasible"]}
     pick = choose(front, val_correct)
-    ties = [r["trial"] for r in tied([r for r in front if r["feasible"]], val_correct)] if pick["feasible"] else []
-    return [{**r, "chosen": r is pick, **({"tied_with": [t for t in ties if t != r["trial"]]} if r is pick else {})}
-            for r in front]
+    return [pick | {"chosen": True} if r["trial"] == pick["trial"] else {**r, "chosen": False} for r in front]
 
 
 def _chosen(front: list[dict]) -> dict:

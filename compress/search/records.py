@@ -135,11 +135,13 @@ def needs_full(recipe: Recipe, rec: dict) -> bool:
 
 def choose(front: list[dict], val_correct: dict[int, np.ndarray] | None = None) -> dict:
     """The artifact. Among feasible front members: the fastest of those tied with the most accurate one
-    (``tied``); without ``val_correct``, the most accurate. When none is feasible, the fastest within the
-    accuracy bound (or, when none is within it either, the most accurate)."""
+    (``tied``), the others of them under ``tied_with``; without ``val_correct``, the most accurate. When none is
+    feasible, the fastest within the accuracy bound (or, when none is within it either, the most accurate)."""
     feasible = [r for r in front if r["feasible"]]
     if feasible:
-        return min(tied(feasible, val_correct), key=lambda r: (r["latency_p95_ms"], -r["val_accuracy"]))
+        ties = tied(feasible, val_correct)
+        pick = min(ties, key=lambda r: (r["latency_p95_ms"], -r["val_accuracy"]))
+        return {**pick, "tied_with": [r["trial"] for r in ties if r is not pick]}
     accurate = [r for r in front if r["constraint"][1] <= 0]
     if accurate:
         return min(accurate, key=lambda r: r["latency_p95_ms"])
